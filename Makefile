@@ -1,0 +1,45 @@
+# huayu: the two set-up commands are `make run` and `make test`; each works on a fresh machine.
+PY ?= python3
+VENV := .venv
+SERVING_VENV := .venv-serving
+BIN := $(VENV)/bin
+
+.PHONY: run test check lint types pytest venv serving-venv bench loadtest clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(SERVING_VENV)/.installed: serving/install.sh serving/requirements-cpu.txt
+	bash serving/install.sh $(SERVING_VENV)
+	touch $@
+
+serving-venv: $(SERVING_VENV)/.installed
+
+run: venv
+	$(BIN)/huayu run
+
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+types: venv
+	$(BIN)/mypy
+
+pytest: venv serving-venv
+	$(BIN)/pytest
+
+test: lint types pytest
+
+bench: venv serving-venv
+	$(BIN)/huayu bench
+
+loadtest: venv
+	$(BIN)/huayu loadtest
+
+clean:
+	rm -rf $(VENV) $(SERVING_VENV) .data .pytest_cache .mypy_cache .ruff_cache

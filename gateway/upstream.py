@@ -1,0 +1,155 @@
+"""The client of the model server: one pooled httpx client, errors mapped to the hierarchy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from gateway.config import Settings
+from gateway.errors import HuayuError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+
+
+def _upstream_message(status: int, content: bytes) -> str:
+    """vLLM answers ``{"error": {"message": ...}}`` (or, older, ``{"message": ...}``)."""
+    try:
+        data = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        text = content.decode("utf-8", "replace").strip()
+        return text[:500] or f"HTTP {status}"
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if data.get("message"):
+            return str(data["message"])
+        if data.get("detail"):
+            return str(data["detail"])
+    return f"HTTP {status}"
+
+
+def map_status(status: int, content: bytes) -> HuayuError:
+    message = _upstream_message(status, content)
+    if status in (502, 503):
+        return UpstreamUnavailable(f"The model server is unavailable: {message}")
+    if status == 504:
+        return UpstreamTimeout(f"The model server timed out: {message}")
+    if 400 <= status < 500:
+        # the model server judged the request itself: pass its status and words through
+        kind = "context_length_exceeded" if "context" in message.lower() and "length" in message.lower() else None
+        return UpstreamError(message, status=status, code=kind or "upstream_rejected")
+    return UpstreamError(f"The model server failed: {message}", status=502)
+
+
+class Upstream:
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        headers = {"content-type": "application/json"}
+        if settings.upstream_api_key:
+            headers["authorization"] = f"Bearer {settings.upstream_api_key}"
+        self.client = httpx.AsyncClient(
+            base_url=settings.upstream_url.rstrip("/"),
+            headers=headers,
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout_s,
+                read=settings.first_byte_timeout_s,
+                write=settings.first_byte_timeout_s,
+                pool=settings.first_byte_timeout_s,
+            ),
+            limits=httpx.Limits(
+                max_connections=settings.upstream_max_connections,
+                max_keepalive_connections=settings.upstream_max_connections,
+            ),
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def _send(self, path: str, body: dict[str, Any], stream: bool) -> httpx.Response:
+        request = self.client.build_request("POST", path, content=orjson.dumps(body))
+        try:
+            response = await self.client.send(request, stream=stream)
+        except httpx.ConnectTimeout as e:
+            raise UpstreamUnavailable(f"Could not connect to the model server in time ({e!r}).") from e
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as e:
+            raise UpstreamUnavailable(f"The model server is unreachable ({type(e).__name__}).") from e
+        except httpx.TimeoutException as e:
+            raise UpstreamTimeout(
+                f"The model server did not answer within {self.settings.first_byte_timeout_s:g} s."
+            ) from e
+        if response.status_code >= 400:
+            content = await response.aread()
+            await response.aclose()
+            raise map_status(response.status_code, content)
+        return response
+
+    async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self._send("/chat/completions", body, stream=False)
+        try:
+            data: dict[str, Any] = orjson.loads(response.content)
+        except orjson.JSONDecodeError as e:
+            raise UpstreamError("The model server sent a response that is not JSON.") from e
+        return data
+
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Yields the parsed SSE chunks. Raises before the first chunk, or mid-stream as UpstreamError."""
+        response = await self._send("/chat/completions", body, stream=True)
+        gap = self.settings.read_timeout_s
+        lines = response.aiter_lines()
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(lines.__anext__(), gap)
+                except StopAsyncIteration:
+                    break
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    return
+                try:
+                    chunk = orjson.loads(payload)
+                except orjson.JSONDecodeError as e:
+                    raise UpstreamError("The model server sent a malformed stream chunk.") from e
+                if "error" in chunk and "choices" not in chunk:
+                    err = chunk["error"]
+                    msg = err.get("message") if isinstance(err, dict) else str(err)
+                    raise UpstreamError(f"The model server failed mid-stream: {msg}")
+                yield chunk
+            raise UpstreamError("The model server ended the stream before it was complete.")
+        except TimeoutError as e:
+            raise UpstreamTimeout(f"The model server sent nothing for {gap:g} s in the middle of a stream.") from e
+        except (httpx.ReadError, httpx.RemoteProtocolError) as e:
+            raise UpstreamError(f"The connection to the model server broke mid-stream ({type(e).__name__}).") from e
+        finally:
+            await response.aclose()
+
+    async def models(self) -> list[dict[str, Any]]:
+        try:
+            response = await self.client.get("/models", timeout=self.settings.connect_timeout_s)
+        except httpx.HTTPError as e:
+            raise UpstreamUnavailable(f"The model server is unreachable ({type(e).__name__}).") from e
+        if response.status_code >= 400:
+            raise map_status(response.status_code, response.content)
+        data = orjson.loads(response.content).get("data", [])
+        return list(data)
+
+    async def ready(self) -> tuple[bool, str, float]:
+        """Whether the model server answers its health check; the reason; the seconds it took."""
+        root = self.settings.upstream_url.rstrip("/")
+        health = root[: -len("/v1")] + "/health" if root.endswith("/v1") else root + "/health"
+        t0 = time.perf_counter()
+        try:
+            response = await self.client.get(health, timeout=self.settings.connect_timeout_s)
+        except httpx.HTTPError as e:
+            return False, f"model server unreachable at {health} ({type(e).__name__})", time.perf_counter() - t0
+        ok = response.status_code == 200
+        reason = "ok" if ok else f"model server health answered HTTP {response.status_code}"
+        return ok, reason, time.perf_counter() - t0
