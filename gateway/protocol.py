@@ -54,7 +54,7 @@ class SafetyVerdict(BaseModel):
 
 
 class CacheInfo(BaseModel):
-    kind: Literal["exact", "near"]
+    kind: Literal["exact", "near", "coalesced"]
     distance: int = 0
 
 
