@@ -1,0 +1,3 @@
+from loadtest.simulator.run import main
+
+main()
