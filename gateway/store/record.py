@@ -1,0 +1,92 @@
+"""What the pipeline hands the store for each generated description, and the ids it uses."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+_HEX = re.compile(r"^[0-9a-f]{16,128}$")
+
+STATUSES = ("draft", "approved", "rejected")
+
+
+def _time_ordered_hex() -> str:
+    # 48 bits of milliseconds then 80 random bits (the UUIDv7 layout, without the version
+    # nibbles): ids sort by creation time, which keeps keyset paging and B-tree inserts cheap
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
+def new_description_id() -> str:
+    return "desc_" + _time_ordered_hex()
+
+
+def new_feedback_id() -> str:
+    return "fb_" + _time_ordered_hex()
+
+
+def artwork_id(digest: str) -> str:
+    return "art_" + digest[:16]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DescriptionRecord:
+    """One generated description and the artwork it describes.
+
+    ``artwork_digest`` is the hex digest of the model-ready image (the artwork's identity);
+    ``thumbnail`` is a small JPEG for the review page; ``image_jpeg`` the model-ready JPEG,
+    kept for fine-tuning exports. ``messages`` are the rendered prompt messages without the
+    image: ``[{"role": "system", "content": str}, {"role": "user", "content": str}]``.
+    """
+
+    id: str
+    artwork_digest: str
+    phash: int
+    thumbnail: bytes
+    style: str
+    style_version: str
+    language: str
+    model: str
+    text: str
+    image_jpeg: bytes | None = None
+    source: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    adapter: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, str]] | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    latency_ms: float = 0.0
+    safety: dict[str, Any] = field(default_factory=dict)
+    tenant: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+    cached: bool = False
+
+
+def record_problem(rec: DescriptionRecord) -> str | None:
+    """Why ``rec`` can never be written (a bug upstream of the store), or None if it can."""
+    if not rec.id or len(rec.id) > 64:
+        return "id must be 1 to 64 characters"
+    if not _HEX.match(rec.artwork_digest):
+        return "artwork_digest must be 16 to 128 lowercase hex characters"
+    if not 0 <= rec.phash < 2**64:
+        return "phash must be an unsigned 64-bit integer"
+    for name, value, limit in (
+        ("style", rec.style, 64),
+        ("style_version", rec.style_version, 32),
+        ("language", rec.language, 16),
+        ("model", rec.model, 128),
+        ("adapter", rec.adapter or "", 128),
+        ("tenant", rec.tenant or "", 128),
+    ):
+        if len(value) > limit:
+            return f"{name} is longer than {limit} characters"
+    if not rec.style or not rec.language or not rec.model:
+        return "style, language and model must not be empty"
+    return None
