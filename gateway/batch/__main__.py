@@ -1,0 +1,5 @@
+import sys
+
+from gateway.batch.cli import batch_main
+
+sys.exit(batch_main())

@@ -1,0 +1,241 @@
+"""``run_batch``: the whole job, top to bottom.
+
+input -> artworks -> items (artwork x style x language) -> minus the journal's finished items ->
+a bounded pool of workers, each: image (shared by the items of one artwork) -> request -> retry
+with backoff -> journal line (or a failure) -> at the end results.csv and annotations.json.
+
+The pool keeps ``concurrency`` requests in flight so the model server's continuous batching stays
+full; items are queued artwork by artwork, so the styles of one artwork run close together and
+reuse one read of its image (and the server's prefix cache of it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+from gateway.batch.client import Described, Sender
+from gateway.batch.images import LoadedImage, load_image
+from gateway.batch.journal import RESULTS, Journal, finished_keys
+from gateway.batch.model import LANGUAGES, Artwork, BatchConfig, BatchSummary, Failure, Item
+from gateway.batch.outputs import FailureLog, write_outputs
+from gateway.batch.progress import ProgressView
+from gateway.batch.retry import Transient, backoff
+from gateway.batch.sources import read_inputs
+from gateway.errors import HuayuError, InvalidRequest
+
+log = logging.getLogger("huayu.batch")
+
+
+def check_config(config: BatchConfig) -> None:
+    if config.concurrency < 1:
+        raise InvalidRequest(f"concurrency must be at least 1 (got {config.concurrency}).", param="concurrency")
+    if not config.styles:
+        raise InvalidRequest("Name at least one style.", param="style")
+    bad = [lang for lang in config.languages if lang not in LANGUAGES]
+    if bad or not config.languages:
+        raise InvalidRequest(
+            f"Unknown language {', '.join(bad) or '(none)'}; accepted: {', '.join(LANGUAGES)}.", param="language"
+        )
+    if config.retries < 0:
+        raise InvalidRequest(f"retries cannot be negative (got {config.retries}).", param="retries")
+    if config.priority is not None and not -100 <= config.priority <= 100:
+        raise InvalidRequest(f"priority must be from -100 to 100 (got {config.priority}).", param="priority")
+
+
+class _Images:
+    """Each artwork's image is read once for all its items, and dropped when its last item ends."""
+
+    def __init__(self, client: httpx.AsyncClient, max_bytes: int, pending: dict[str, int]) -> None:
+        self.client = client
+        self.max_bytes = max_bytes
+        self.pending = pending
+        self.loads: dict[str, asyncio.Task[LoadedImage]] = {}
+
+    async def get(self, art: Artwork) -> LoadedImage:
+        task = self.loads.get(art.id)
+        if task is None:
+            task = asyncio.ensure_future(load_image(art, self.client, self.max_bytes))
+            self.loads[art.id] = task
+        try:
+            return await asyncio.shield(task)
+        except Transient:
+            # the next try reads it afresh; a permanent error stays, so its sibling items fail fast
+            if self.loads.get(art.id) is task:
+                del self.loads[art.id]
+            raise
+
+    def release(self, art: Artwork) -> None:
+        self.pending[art.id] -= 1
+        if self.pending[art.id] == 0:
+            self.loads.pop(art.id, None)
+
+
+def plan(artworks: list[Artwork], config: BatchConfig) -> list[Item]:
+    return [Item(a, s, lang) for a in artworks for s in config.styles for lang in config.languages]
+
+
+def _count_plan(summary: BatchSummary, items: list[Item], done: set[str], limit: int | None) -> list[Item]:
+    """The items to run now; fills the summary's per style/language counts."""
+    todo = [it for it in items if it.key not in done]
+    summary.skipped = len(items) - len(todo)
+    todo = todo[:limit] if limit is not None else todo
+    queued = {it.key for it in todo}
+    for it in items:
+        counts = summary.plan.setdefault(f"{it.style}/{it.language}", {"total": 0, "done": 0, "todo": 0})
+        counts["total"] += 1
+        counts["done"] += it.key in done
+        counts["todo"] += it.key in queued
+    return todo
+
+
+def _record(item: Item, result: Described) -> dict[str, Any]:
+    art = item.artwork
+    return {
+        "key": item.key,
+        "artwork_id": art.id,
+        "source": art.source,
+        "target": art.target,
+        "origin": art.origin,
+        "style": item.style,
+        "language": item.language,
+        "status": result.status,
+        "description": result.description,
+        **result.fields,
+        "metadata": art.metadata,
+        "extra": art.extra,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+class _Run:
+    def __init__(self, config: BatchConfig, summary: BatchSummary, sender: Sender, images: _Images) -> None:
+        self.config = config
+        self.summary = summary
+        self.sender = sender
+        self.images = images
+        self.journal: Journal
+        self.failures: FailureLog
+        self.view: ProgressView
+
+    def fail(self, failure: Failure) -> None:
+        self.summary.failed += 1
+        self.summary.failures.append(failure)
+        self.failures.add(failure)
+
+    async def worker(self, queue: asyncio.Queue[Item]) -> None:
+        while True:
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            try:
+                await self.one(item)
+            finally:
+                self.images.release(item.artwork)
+                self.view.advance()
+
+    async def one(self, item: Item) -> None:
+        c, s = self.config, self.summary
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                image = await self.images.get(item.artwork)
+                result = await self.sender.describe(item, image)
+            except Transient as t:
+                if attempt > c.retries:
+                    return self._failed(item, t.error, attempt)
+                s.retries += 1
+                self.view.refresh()
+                await asyncio.sleep(backoff(attempt, c.backoff_s, c.max_backoff_s, t.retry_after))
+                continue
+            except HuayuError as e:
+                return self._failed(item, e, attempt)
+            except Exception as e:  # a bug must cost one item, not a run over ten thousand
+                log.exception("unexpected error on %s", item.key)
+                return self._failed(item, HuayuError(f"internal error: {type(e).__name__}: {e}"), attempt)
+            self.journal.append(_record(item, result))
+            setattr(s, result.status, getattr(s, result.status) + 1)
+            usage = result.fields.get("usage") or {}
+            s.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            s.completion_tokens += int(usage.get("completion_tokens") or 0)
+            return
+
+    def _failed(self, item: Item, error: HuayuError, attempts: int) -> None:
+        self.fail(
+            Failure(item.artwork.source, error.message, str(error.code), item.key, item.style, item.language, attempts)
+        )
+
+
+async def run_batch(config: BatchConfig, console: Console | None = None) -> BatchSummary:
+    """Describes every artwork of ``config.input`` not yet in the journal of ``config.out_dir``;
+    with ``dry_run``, only counts them. ``console``: where the progress bar goes (stderr).
+
+    Raises a HuayuError for a bad invocation (unreadable input, unknown style, no server);
+    per-item problems end in the summary's failures instead.
+    """
+    console = console or Console(stderr=True, soft_wrap=True)
+    check_config(config)
+    t0 = time.perf_counter()
+    inputs = await asyncio.to_thread(
+        read_inputs, config.input, timeout_s=config.fetch_timeout_s, iiif_size=config.iiif_size,
+        languages=config.languages, skip=config.out_dir,
+    )  # fmt: skip
+    items = plan(inputs.artworks, config)
+    summary = BatchSummary(planned=len(items), duplicates=inputs.duplicates, dry_run=config.dry_run)
+    if config.dry_run:
+        done = await asyncio.to_thread(finished_keys, config.out_dir / RESULTS)
+        _count_plan(summary, items, done, config.limit)
+        summary.failures = list(inputs.problems)
+        summary.failed = len(inputs.problems)
+        return summary
+
+    config.out_dir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(config.out_dir / RESULTS, config.fsync_interval_s)  # locked: one run per folder
+    sender = Sender(config)
+    fetcher = httpx.AsyncClient(
+        timeout=config.fetch_timeout_s, follow_redirects=True, limits=httpx.Limits(max_connections=config.concurrency)
+    )
+    try:
+        todo = _count_plan(summary, items, journal.finished, config.limit)
+        if todo:
+            await sender.check(config.styles, config.languages)
+        pending: dict[str, int] = {}
+        for it in todo:
+            pending[it.artwork.id] = pending.get(it.artwork.id, 0) + 1
+        run = _Run(config, summary, sender, _Images(fetcher, config.max_image_bytes, pending))
+        run.journal = journal
+        run.failures = FailureLog(config.out_dir)
+        for problem in inputs.problems:
+            run.fail(problem)
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        for it in todo:
+            queue.put_nowait(it)
+        journal.start()
+        t_send = time.perf_counter()
+        try:
+            with ProgressView(len(todo), summary, console, config.progress) as run.view:
+                workers = [asyncio.create_task(run.worker(queue)) for _ in range(min(config.concurrency, len(todo)))]
+                try:
+                    await asyncio.gather(*workers)
+                finally:
+                    for w in workers:
+                        w.cancel()
+        finally:
+            summary.elapsed_s = time.perf_counter() - t_send
+            run.failures.close()
+    finally:
+        await journal.close()
+        await sender.aclose()
+        await fetcher.aclose()
+        # also when stopped: the outputs always match the journal
+        await asyncio.to_thread(write_outputs, config.out_dir)
+    log.debug("batch took %.2f s in all", time.perf_counter() - t0)
+    return summary
