@@ -1,0 +1,128 @@
+"""The in-process cache: bounded, least recently used entries go first, entries expire."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway.cache.base import CacheHit, Recorder
+from gateway.cache.fingerprint import same_artwork
+from gateway.cache.index import NearIndex
+from gateway.cache.metrics import CacheMetrics
+
+if TYPE_CHECKING:
+    from gateway.images import PreparedImage
+
+
+@dataclass
+class _Entry:
+    scope: str
+    digest: str
+    phash: int
+    signature: bytes
+    value: dict[str, Any]
+    expires: float
+    slot: int
+
+
+class MemoryCache:
+    backend = "memory"
+
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        ttl_s: float,
+        near_distance: int,
+        metrics: CacheMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max(1, max_entries)
+        self.ttl_s = ttl_s
+        self.near_distance = near_distance
+        self.clock = clock
+        self._rec = Recorder(metrics, self.backend)
+        self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._near: dict[str, NearIndex] = {}
+        self._slots: dict[int, _Entry] = {}
+        self._free: list[int] = []
+        self._next_slot = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def get(self, scope: str, image: PreparedImage) -> CacheHit | None:
+        started = time.perf_counter()
+        hit = self.lookup(scope, image.digest, image.phash, image.signature)
+        self._rec.done(hit, started)
+        return hit
+
+    def lookup(self, scope: str, digest: str, phash: int, signature: bytes) -> CacheHit | None:
+        now = self.clock()
+        entry = self._entries.get((scope, digest))
+        if entry is not None and self._alive(entry, now):
+            self._entries.move_to_end((scope, digest))
+            return CacheHit(dict(entry.value), "exact", 0)
+        index = self._near.get(scope)
+        if index is None or self.near_distance <= 0:
+            return None
+        for distance, slot in index.query(phash, self.near_distance):
+            cand = self._slots[slot]
+            if not self._alive(cand, now):
+                continue
+            if same_artwork(signature, cand.signature):
+                self._entries.move_to_end((cand.scope, cand.digest))
+                return CacheHit(dict(cand.value), "near", distance)
+            self._rec.rejected()
+        return None
+
+    async def put(self, scope: str, image: PreparedImage, value: dict[str, Any]) -> None:
+        self.store(scope, image.digest, image.phash, image.signature, value)
+
+    def store(self, scope: str, digest: str, phash: int, signature: bytes, value: dict[str, Any]) -> None:
+        key = (scope, digest)
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._drop(old)
+        while len(self._entries) >= self.max_entries:
+            _, lru = self._entries.popitem(last=False)
+            self._drop(lru)
+        slot = self._free.pop() if self._free else self._take_slot()
+        entry = _Entry(scope, digest, phash, signature, dict(value), self.clock() + self.ttl_s, slot)
+        self._entries[key] = entry
+        self._slots[slot] = entry
+        index = self._near.get(scope)
+        if index is None:
+            index = self._near[scope] = NearIndex(max(self.near_distance, 0))
+        index.add(slot, phash)
+
+    def _take_slot(self) -> int:
+        self._next_slot += 1
+        return self._next_slot - 1
+
+    def _alive(self, entry: _Entry, now: float) -> bool:
+        if entry.expires > now:
+            return True
+        if self._entries.get((entry.scope, entry.digest)) is entry:
+            del self._entries[(entry.scope, entry.digest)]
+            self._drop(entry)
+        return False
+
+    def _drop(self, entry: _Entry) -> None:
+        index = self._near[entry.scope]
+        index.remove(entry.slot, entry.phash)
+        if not len(index):
+            del self._near[entry.scope]
+        del self._slots[entry.slot]
+        self._free.append(entry.slot)
+
+    async def ready(self) -> tuple[bool, str]:
+        return True, f"memory cache, {len(self._entries)} entries"
+
+    async def aclose(self) -> None:
+        self._entries.clear()
+        self._near.clear()
+        self._slots.clear()

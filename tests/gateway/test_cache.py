@@ -1,0 +1,259 @@
+"""One behavioural suite for both cache backends (in-process and a real Redis), plus Redis
+down or hanging, the near index against brute force, and the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from prometheus_client import CollectorRegistry
+
+from gateway.cache import CacheMetrics, build_cache
+from gateway.cache.index import NearIndex
+from gateway.cache.memory import MemoryCache
+from gateway.cache.redis_backend import RedisCache, scope_id
+from gateway.config import Settings
+from gateway.images import ImageOptions, PreparedImage, prepare_image
+from tests.gateway.imageset import sk
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+OPTS = ImageOptions(max_bytes=10**8, max_pixels=10**8)
+
+
+def _encode(a: np.ndarray, fmt: str = "PNG", **kw: Any) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, PreparedImage]:
+    cat = np.ascontiguousarray(sk("chelsea"))
+    hsv = np.asarray(Image.fromarray(cat).convert("HSV")).copy()
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + 90) % 256
+    blue_cat = np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    return {
+        "cat": prepare_image(_encode(cat), OPTS),
+        "cat_jpeg70": prepare_image(_encode(cat, "JPEG", quality=70), OPTS),
+        "blue_cat": prepare_image(_encode(blue_cat), OPTS),  # same drawing, other colours
+        "coffee": prepare_image(_encode(np.ascontiguousarray(sk("coffee"))), OPTS),
+    }
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def metrics() -> CacheMetrics:
+    return CacheMetrics(CollectorRegistry())
+
+
+def _value(m: CacheMetrics, name: str, labels: dict[str, str] | None = None) -> float:
+    for metric in m.hits, m.misses, m.rejected, m.backend_errors:
+        for s in next(iter(metric.collect())).samples:
+            if s.name == name and (labels is None or all(s.labels.get(k) == v for k, v in labels.items())):
+                return float(s.value)
+    return 0.0
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def cache(request: pytest.FixtureRequest, metrics: CacheMetrics) -> AsyncIterator[MemoryCache | RedisCache]:
+    if request.param == "memory":
+        c: MemoryCache | RedisCache = MemoryCache(max_entries=100, ttl_s=60, near_distance=10, metrics=metrics)
+        yield c
+        await c.aclose()
+        return
+    prefix = f"huayu-test:{uuid.uuid4().hex}:"
+    c = RedisCache(REDIS_URL, ttl_s=60, near_distance=10, timeout_s=0.5, metrics=metrics, prefix=prefix)
+    yield c
+    keys = [k async for k in c.client.scan_iter(match=prefix + "*")]
+    if keys:
+        await c.client.delete(*keys)
+    await c.aclose()
+
+
+async def test_exact_hit_after_put(cache: MemoryCache | RedisCache, images: dict[str, PreparedImage]) -> None:
+    assert await cache.get("scope-a", images["cat"]) is None
+    await cache.put("scope-a", images["cat"], {"description": "一只猫", "n": 1})
+    hit = await cache.get("scope-a", images["cat"])
+    assert hit is not None and (hit.kind, hit.distance) == ("exact", 0)
+    assert hit.value == {"description": "一只猫", "n": 1}
+
+
+async def test_scope_separates_entries(cache: MemoryCache | RedisCache, images: dict[str, PreparedImage]) -> None:
+    await cache.put("tenant-1|curator|zh", images["cat"], {"d": "x"})
+    assert await cache.get("tenant-2|curator|zh", images["cat"]) is None
+    assert await cache.get("tenant-1|curator|en", images["cat_jpeg70"]) is None
+
+
+async def test_near_hit_for_a_recompressed_copy(
+    cache: MemoryCache | RedisCache, images: dict[str, PreparedImage], metrics: CacheMetrics
+) -> None:
+    await cache.put("s", images["cat"], {"d": "cat"})
+    copy = images["cat_jpeg70"]
+    assert copy.digest != images["cat"].digest
+    hit = await cache.get("s", copy)
+    assert hit is not None and hit.kind == "near" and hit.value == {"d": "cat"}
+    assert hit.distance == (copy.phash ^ images["cat"].phash).bit_count() <= 10
+    assert _value(metrics, "huayu_cache_hits_total", {"kind": "near"}) == 1
+
+
+async def test_lookalike_is_rejected_not_served(
+    cache: MemoryCache | RedisCache, images: dict[str, PreparedImage], metrics: CacheMetrics
+) -> None:
+    await cache.put("s", images["cat"], {"d": "an orange cat"})
+    blue = images["blue_cat"]
+    assert (blue.phash ^ images["cat"].phash).bit_count() <= 10  # the pHash alone would serve it
+    assert await cache.get("s", blue) is None
+    assert _value(metrics, "huayu_cache_near_rejected_total") == 1
+    assert _value(metrics, "huayu_cache_misses_total") == 1
+
+
+async def test_unrelated_image_misses(cache: MemoryCache | RedisCache, images: dict[str, PreparedImage]) -> None:
+    await cache.put("s", images["cat"], {"d": "cat"})
+    assert await cache.get("s", images["coffee"]) is None
+
+
+async def test_put_twice_keeps_one_entry(cache: MemoryCache | RedisCache, images: dict[str, PreparedImage]) -> None:
+    await cache.put("s", images["cat"], {"v": 1})
+    await cache.put("s", images["cat"], {"v": 2})
+    hit = await cache.get("s", images["cat_jpeg70"])
+    assert hit is not None and hit.value == {"v": 2}
+    assert (await cache.ready())[0]
+
+
+async def test_memory_lru_and_ttl(images: dict[str, PreparedImage]) -> None:
+    clock = Clock()
+    c = MemoryCache(max_entries=2, ttl_s=10, near_distance=10, clock=clock)
+    await c.put("s", images["cat"], {"d": "cat"})
+    await c.put("s", images["coffee"], {"d": "coffee"})
+    assert await c.get("s", images["cat"]) is not None  # cat is now the most recently used
+    await c.put("s", images["blue_cat"], {"d": "blue"})
+    assert len(c) == 2
+    assert await c.get("s", images["coffee"]) is None  # evicted
+    assert await c.get("s", images["cat_jpeg70"]) is not None
+    clock.now += 5
+    await c.put("s", images["coffee"], {"d": "coffee"})  # evicts blue_cat, the least recently used
+    clock.now += 6  # cat is 11 s old now, coffee 6 s
+    assert await c.get("s", images["cat"]) is None and len(c) == 1
+    assert await c.get("s", images["coffee"]) is not None
+
+
+async def test_redis_entries_expire_and_stale_records_are_pruned(images: dict[str, PreparedImage]) -> None:
+    prefix = f"huayu-test:{uuid.uuid4().hex}:"
+    c = RedisCache(REDIS_URL, ttl_s=30, near_distance=10, timeout_s=0.5, prefix=prefix)
+    try:
+        await c.put("s", images["cat"], {"d": "cat"})
+        sid = scope_id("s")
+        entry = c.entry_key(sid, images["cat"].digest)
+        assert 0 < await c.client.ttl(entry) <= 30
+        assert all([0 < await c.client.ttl(k) <= 30 for k in c.band_keys(sid)])
+        await c.client.delete(entry)  # as if it had expired
+        assert await c.get("s", images["cat_jpeg70"]) is None
+        await asyncio.gather(*c._tasks)
+        assert sum([await c.client.hlen(k) for k in c.band_keys(sid)]) == 0
+    finally:
+        keys = [k async for k in c.client.scan_iter(match=prefix + "*")]
+        if keys:
+            await c.client.delete(*keys)
+        await c.aclose()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_redis_down_goes_on_uncached(images: dict[str, PreparedImage], metrics: CacheMetrics) -> None:
+    c = RedisCache(f"redis://127.0.0.1:{_closed_port()}/0", ttl_s=60, near_distance=10, timeout_s=0.05, metrics=metrics)
+    try:
+        async with asyncio.timeout(2):  # a bound on hanging, not a benchmark
+            await c.put("s", images["cat"], {"d": "cat"})
+            assert await c.get("s", images["cat"]) is None
+            assert await c.get("s", images["cat"]) is None
+            ok, reason = await c.ready()
+        assert not ok and reason.startswith("degraded:")
+        assert _value(metrics, "huayu_cache_backend_errors_total", {"op": "put", "reason": "error"}) == 1
+        assert _value(metrics, "huayu_cache_backend_errors_total", {"op": "get", "reason": "skipped"}) == 2
+        assert _value(metrics, "huayu_cache_misses_total") == 2
+    finally:
+        await c.aclose()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP peer that accepts connections and never answers: a Redis that hangs."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    yield int(srv.getsockname()[1])
+    srv.close()
+
+
+async def test_redis_hanging_is_bounded(
+    images: dict[str, PreparedImage], metrics: CacheMetrics, silent_server: int
+) -> None:
+    c = RedisCache(f"redis://127.0.0.1:{silent_server}/0", ttl_s=60, near_distance=10, timeout_s=0.05, metrics=metrics)
+    try:
+        async with asyncio.timeout(2):
+            assert await c.get("s", images["cat"]) is None
+        assert _value(metrics, "huayu_cache_backend_errors_total", {"op": "get", "reason": "timeout"}) == 1
+    finally:
+        await c.aclose()
+
+
+def test_near_index_agrees_with_brute_force() -> None:
+    rng = random.Random(4)
+    base = [rng.getrandbits(64) for _ in range(40)]
+    hashes = []
+    for b in base:  # clusters around each base, so many pairs fall within the radius
+        for _ in range(150):  # 6000 in all: past the first re-sort into flat arrays
+            h = b
+            for bit in rng.sample(range(64), rng.randint(0, 14)):
+                h ^= 1 << bit
+            hashes.append(h)
+    index = NearIndex(max_distance=10)
+    for slot, h in enumerate(hashes):
+        index.add(slot, h)
+    for slot in range(0, len(hashes), 3):  # removal keeps the rest findable
+        index.remove(slot, hashes[slot])
+    for slot in range(0, 300, 3):  # a freed slot reused for another hash
+        hashes[slot] = rng.getrandbits(64)
+        index.add(slot, hashes[slot])
+    live = {s: h for s, h in enumerate(hashes) if s % 3 or s < 300}
+    assert len(index) == len(live)
+    for q in base + hashes[:50]:
+        got = index.query(q)
+        want = sorted(((h ^ q).bit_count(), s) for s, h in live.items() if (h ^ q).bit_count() <= 10)
+        assert sorted(got) == want
+        assert [d for d, _ in got] == sorted(d for d, _ in got)
+
+
+def test_build_cache_follows_settings() -> None:
+    assert build_cache(Settings(cache_backend="off")) is None
+    assert isinstance(build_cache(Settings(cache_backend="memory")), MemoryCache)
+    c = build_cache(Settings(cache_backend="redis", redis_url=REDIS_URL))
+    assert isinstance(c, RedisCache)
+    asyncio.run(c.aclose())
+
+
+async def test_redis_real_server_is_ready() -> None:
+    c = RedisCache(REDIS_URL, ttl_s=60, near_distance=10, timeout_s=0.5)
+    try:
+        assert await c.ready() == (True, "redis cache at 127.0.0.1:6379")
+    finally:
+        await c.aclose()
