@@ -25,17 +25,11 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     # --- upstream model server (vLLM's OpenAI-compatible API) ---
-    upstream_url: str = Field(
-        "http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible model server."
-    )
-    upstream_model: str = Field(
-        "qwen-vl", description="Model name the model server serves (its --served-model-name)."
-    )
+    upstream_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible model server.")
+    upstream_model: str = Field("qwen-vl", description="Model name the model server serves (its --served-model-name).")
     upstream_api_key: str = Field("", description="Bearer key for the model server, if it wants one.")
     connect_timeout_s: float = Field(5.0, description="Seconds to open a connection to the model server.")
-    first_byte_timeout_s: float = Field(
-        120.0, description="Seconds to wait for the model server's response headers."
-    )
+    first_byte_timeout_s: float = Field(120.0, description="Seconds to wait for the model server's response headers.")
     read_timeout_s: float = Field(
         60.0, description="Seconds allowed between two chunks of the model server's response."
     )
@@ -58,9 +52,7 @@ class Settings(BaseSettings):
         1024, description="Long edge of the image the model receives (keep equal to the server's cap)."
     )
     jpeg_quality: int = Field(90, description="JPEG quality of the image sent to the model.")
-    image_workers: int = Field(
-        0, description="Processes that decode and resize images (0: one per core)."
-    )
+    image_workers: int = Field(0, description="Processes that decode and resize images (0: one per core).")
     crop_borders: bool = Field(False, description="Crop uniform scan borders by default.")
     correct_glare: bool = Field(False, description="Correct glare and shadow by default (changes colours).")
     max_tokens_limit: int = Field(2048, description="Largest max_tokens a caller may ask for.")

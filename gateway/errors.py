@@ -144,24 +144,28 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 def install_handlers(app: FastAPI) -> None:
+    def render(request: Request, err: HuayuError) -> JSONResponse:
+        request.state.error_code = err.code  # the metrics middleware labels errors by it
+        return error_response(err)
+
     @app.exception_handler(HuayuError)
-    async def _huayu(_: Request, exc: HuayuError) -> JSONResponse:
-        return error_response(exc)
+    async def _huayu(request: Request, exc: HuayuError) -> JSONResponse:
+        return render(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _describe_validation(exc)
-        return error_response(InvalidRequest(message, param=param))
+        return render(request, InvalidRequest(message, param=param))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: NotFound, 405: InvalidRequest, 413: PayloadTooLarge}.get(exc.status_code, InvalidRequest)
         err = kind(str(exc.detail), status=exc.status_code)
         if exc.status_code == 405:
             err.code = "method_not_allowed"
-        return error_response(err)
+        return render(request, err)
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(HuayuError("The gateway hit an unexpected error; it has been logged."))
+        return render(request, HuayuError("The gateway hit an unexpected error; it has been logged."))

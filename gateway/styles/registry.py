@@ -104,8 +104,10 @@ class Style:
         labels = _META_LABELS[language]
         present = {k: str(v).strip() for k, v in metadata.items() if k in labels and str(v).strip()}
         if present:
-            block = _META_HEADER[language] + "\n" + "\n".join(
-                f"- {labels[k]}: {present[k]}" for k in METADATA_FIELDS if k in present
+            block = (
+                _META_HEADER[language]
+                + "\n"
+                + "\n".join(f"- {labels[k]}: {present[k]}" for k in METADATA_FIELDS if k in present)
             )
         else:
             block = _NO_META[language]

@@ -1,0 +1,152 @@
+"""POST /v1/chat/completions: OpenAI-compatible, streaming and not, with huayu's styles applied."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+from gateway.api.jobs import make_job
+from gateway.deps import Services, services
+from gateway.errors import HuayuError, InvalidRequest
+from gateway.images import decode_image_payload
+from gateway.pipeline import Delta, Result
+from gateway.prompting import caller_request
+from gateway.protocol import ChatCompletionRequest
+
+router = APIRouter(tags=["openai"])
+
+
+def _image_bytes(urls: list[str]) -> bytes:
+    if not urls:
+        raise InvalidRequest(
+            "The request has no image. Add a user content part "
+            '{"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,..."}}.',
+            param="messages",
+            code="missing_image",
+        )
+    if len(urls) > 1:
+        raise InvalidRequest(
+            f"The request has {len(urls)} images; huayu describes one artwork per request.",
+            param="messages",
+            code="too_many_images",
+        )
+    url = urls[0]
+    if url.startswith(("http://", "https://")):
+        raise InvalidRequest(
+            "Image URLs are not accepted by this gateway; send the image as a data URL (data:image/jpeg;base64,...).",
+            param="messages",
+            code="image_url_disabled",
+        )
+    return decode_image_payload(url)
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, svc: Services = Depends(services)
+) -> JSONResponse | StreamingResponse:
+    alias_style, adapter = await svc.catalog.resolve(body.model)
+    text, urls = caller_request(body.messages)
+    job = make_job(
+        svc,
+        image=_image_bytes(urls),
+        style=body.style or alias_style,
+        language=body.language,
+        metadata=body.artwork.as_strings() if body.artwork else {},
+        request=text,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        use_cache=body.cache,
+        priority=body.priority,
+        adapter=adapter,
+    )
+    request.state.style = job.style.name
+    if not body.stream:
+        result = await svc.describer.describe(job)
+        return JSONResponse(_completion(result, body.model))
+
+    events = svc.describer.stream(job)
+    first = await events.__anext__()  # errors before the first event still get their HTTP status
+    include_usage = bool((body.stream_options or {}).get("include_usage"))
+    return StreamingResponse(
+        _sse(first, events, body.model, include_usage),
+        media_type="text/event-stream",
+        headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+    )
+
+
+def _huayu_fields(result: Result) -> dict[str, Any]:
+    return {
+        "description_id": result.id,
+        "style": result.style,
+        "style_version": result.style_version,
+        "language": result.language,
+        "adapter": result.adapter,
+        "cached": result.cached,
+        "cache": result.cache,
+        "safety": result.safety,
+        "latency_ms": result.latency_ms,
+    }
+
+
+def _completion(result: Result, model: str) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-" + result.id.removeprefix("desc_"),
+        "object": "chat.completion",
+        "created": result.created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": result.description},
+                "finish_reason": result.finish_reason,
+                "logprobs": None,
+            }
+        ],
+        "usage": result.usage,
+        "huayu": _huayu_fields(result),
+    }
+
+
+def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    payload = {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+    }
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+async def _sse(
+    first: Delta | Result, events: AsyncIterator[Delta | Result], model: str, include_usage: bool
+) -> AsyncIterator[bytes]:
+    created = int(time.time())
+    cid = "chatcmpl-" + uuid.uuid4().hex
+    yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+    try:
+        event: Delta | Result | None = first
+        while event is not None:
+            if isinstance(event, Delta):
+                yield _chunk(cid, created, model, {"content": event.text})
+            else:
+                final = _chunk(cid, created, model, {}, event.finish_reason)
+                # the last chunk carries huayu's fields beside the OpenAI ones
+                payload = orjson.loads(final[6:])
+                payload["huayu"] = _huayu_fields(event)
+                yield b"data: " + orjson.dumps(payload) + b"\n\n"
+                if include_usage:
+                    usage = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model}
+                    usage |= {"choices": [], "usage": event.usage}
+                    yield b"data: " + orjson.dumps(usage) + b"\n\n"
+            event = await anext(events, None)
+    except HuayuError as e:
+        yield b"data: " + orjson.dumps(e.body()) + b"\n\n"
+    yield b"data: [DONE]\n\n"

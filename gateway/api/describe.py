@@ -1,0 +1,101 @@
+"""The routes documented for huayu's users: the predict endpoint (JSON) and a form upload."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+
+from gateway.api.jobs import make_job
+from gateway.deps import Services, services
+from gateway.errors import InvalidRequest
+from gateway.images import decode_image_payload
+from gateway.protocol import PredictRequest, PredictResponse
+
+router = APIRouter(tags=["huayu"])
+
+
+@router.post("/v1/models/{model}:predict", response_model=PredictResponse)
+async def predict(
+    model: str, body: PredictRequest, request: Request, svc: Services = Depends(services)
+) -> PredictResponse:
+    alias_style, adapter = await svc.catalog.resolve(_predict_model(model, svc))
+    job = make_job(
+        svc,
+        image=decode_image_payload(body.image),
+        style=body.style or alias_style,
+        language=body.language,
+        metadata=body.metadata.as_strings() if body.metadata else {},
+        request=body.prompt,
+        max_tokens=body.max_tokens,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        use_cache=body.cache,
+        priority=body.priority,
+        adapter=adapter,
+        crop_borders=body.crop_borders,
+        correct_glare=body.correct_glare,
+    )
+    request.state.style = job.style.name
+    result = await svc.describer.describe(job)
+    return PredictResponse.model_validate(result.predict_body())
+
+
+def _predict_model(model: str, svc: Services) -> str:
+    # "qwen-vl" is the documented route name; it means whatever base model the server runs
+    head, sep, style = model.partition(":")
+    if head == "qwen-vl":
+        return svc.settings.upstream_model + sep + style
+    return model
+
+
+@router.post("/v1/describe", response_model=PredictResponse)
+async def describe_upload(
+    request: Request,
+    file: Annotated[UploadFile, File(description="The image file (JPEG, PNG, WebP or TIFF).")],
+    style: Annotated[str | None, Form()] = None,
+    language: Annotated[Literal["zh", "en"] | None, Form()] = None,
+    prompt: Annotated[str | None, Form(max_length=4000)] = None,
+    title: Annotated[str | None, Form(max_length=500)] = None,
+    artist: Annotated[str | None, Form(max_length=500)] = None,
+    year: Annotated[str | None, Form(max_length=100)] = None,
+    medium: Annotated[str | None, Form(max_length=500)] = None,
+    dimensions: Annotated[str | None, Form(max_length=200)] = None,
+    collection: Annotated[str | None, Form(max_length=500)] = None,
+    max_tokens: Annotated[int | None, Form(ge=1)] = None,
+    temperature: Annotated[float | None, Form(ge=0.0, le=2.0)] = None,
+    top_p: Annotated[float | None, Form(gt=0.0, le=1.0)] = None,
+    cache: Annotated[bool, Form()] = True,
+    svc: Services = Depends(services),
+) -> PredictResponse:
+    data = await file.read()
+    if not data:
+        raise InvalidRequest("The uploaded file is empty.", param="file", code="missing_image")
+    metadata = {
+        k: v
+        for k, v in {
+            "title": title,
+            "artist": artist,
+            "year": year,
+            "medium": medium,
+            "dimensions": dimensions,
+            "collection": collection,
+        }.items()
+        if v
+    }
+    job = make_job(
+        svc,
+        image=data,
+        style=style,
+        language=language,
+        metadata=metadata,
+        request=prompt,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        use_cache=cache,
+        source=file.filename,
+    )
+    request.state.style = job.style.name
+    result = await svc.describer.describe(job)
+    return PredictResponse.model_validate(result.predict_body())

@@ -1,0 +1,59 @@
+"""Shared by the routers: a request's fields turned into a pipeline Job, checked against the limits."""
+
+from __future__ import annotations
+
+from gateway.deps import Services
+from gateway.errors import InvalidRequest
+from gateway.images import ImageOptions
+from gateway.pipeline import Job
+from gateway.prompting import resolve_sampling
+
+
+def make_job(
+    svc: Services,
+    *,
+    image: bytes,
+    style: str | None,
+    language: str | None,
+    metadata: dict[str, str],
+    request: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    use_cache: bool = True,
+    priority: int = 0,
+    adapter: str | None = None,
+    crop_borders: bool | None = None,
+    correct_glare: bool | None = None,
+    source: str | None = None,
+    tenant: str = "public",
+) -> Job:
+    settings = svc.settings
+    chosen = svc.styles.get(style)
+    lang = language or settings.default_language
+    if lang not in chosen.languages:
+        raise InvalidRequest(
+            f"The style {chosen.name!r} has no {lang!r} prompt; it supports: {', '.join(chosen.languages)}.",
+            param="language",
+            code="unsupported_language",
+        )
+    if max_tokens is not None and max_tokens > settings.max_tokens_limit:
+        raise InvalidRequest(
+            f"max_tokens {max_tokens} is above this gateway's limit of {settings.max_tokens_limit}.",
+            param="max_tokens",
+            code="max_tokens_too_large",
+        )
+    return Job(
+        image=image,
+        style=chosen,
+        language=lang,
+        sampling=resolve_sampling(chosen, max_tokens, temperature, top_p, settings.max_tokens_limit),
+        metadata=metadata,
+        request=request,
+        use_cache=use_cache,
+        options=ImageOptions.from_settings(settings, crop_borders=crop_borders, correct_glare=correct_glare),
+        priority=priority,
+        tenant=tenant,
+        source=source,
+        adapter=adapter,
+    )

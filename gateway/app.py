@@ -1,0 +1,94 @@
+"""create_app() and its lifespan: the one place that wires the parts together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway.api import chat, describe, meta
+from gateway.cache import CacheMetrics, build_cache
+from gateway.catalog import ModelCatalog
+from gateway.config import Settings, get_settings
+from gateway.deps import Services
+from gateway.errors import install_handlers
+from gateway.images import ImageWorker
+from gateway.metrics import GatewayMetrics
+from gateway.middleware import GatewayMiddleware
+from gateway.pipeline import Describer
+from gateway.safety import GuardClient, SafetyFilter, SafetyMetrics
+from gateway.store import ResultStore, StoreMetrics
+from gateway.styles import StyleRegistry
+from gateway.upstream import Upstream
+
+log = logging.getLogger("huayu")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    metrics = GatewayMetrics()
+    styles = StyleRegistry.load(settings.styles_dir, settings.default_style)
+    cache_metrics = CacheMetrics(metrics.registry)
+    store_metrics = StoreMetrics(metrics.registry)
+    safety_metrics = SafetyMetrics(metrics.registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        upstream = Upstream(settings)
+        images = ImageWorker(settings.image_workers, metrics=cache_metrics)
+        await images.warm()
+        cache = build_cache(settings, cache_metrics)
+        safety = SafetyFilter.from_settings(settings) if settings.safety_enabled else None
+        guard = (
+            GuardClient(settings.guard_url, settings.guard_model, settings.guard_timeout_s, settings.guard_fail_open)
+            if settings.guard_url
+            else None
+        )
+        store = ResultStore(settings.database_url, metrics=store_metrics) if settings.store_enabled else None
+        if store is not None:
+            await store.start()
+        describer = Describer(settings, upstream, images, metrics, cache, safety, guard, store, safety_metrics)
+        app.state.services = Services(
+            settings=settings,
+            styles=styles,
+            upstream=upstream,
+            catalog=ModelCatalog(upstream, settings.upstream_model, styles),
+            metrics=metrics,
+            images=images,
+            describer=describer,
+            cache=cache,
+            safety=safety,
+            guard=guard,
+            store=store,
+        )
+        try:
+            yield
+        finally:
+            if store is not None:
+                await store.close()
+            if cache is not None:
+                await cache.aclose()
+            if guard is not None:
+                await guard.aclose()
+            await upstream.aclose()
+            images.close()
+
+    app = FastAPI(
+        title="huayu 画语",
+        version="0.1.0",
+        description="Style-controlled descriptions of artworks, OpenAI-compatible.",
+        lifespan=lifespan,
+    )
+    install_handlers(app)
+    app.include_router(meta.router)
+    app.include_router(chat.router)
+    app.include_router(describe.router)
+    app.add_middleware(
+        GatewayMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        max_in_flight=settings.max_in_flight,
+    )
+    return app

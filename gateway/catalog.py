@@ -1,0 +1,56 @@
+"""Which model names a client may ask for: the base model, its LoRA adapters, and style aliases.
+
+A client that can only set ``model`` picks a style with ``<model>:<style>``; adapters are whatever
+the model server lists besides the base model (read from its /v1/models, briefly cached).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gateway.errors import HuayuError, NotFound
+from gateway.styles import StyleRegistry
+from gateway.upstream import Upstream
+
+
+class ModelCatalog:
+    def __init__(self, upstream: Upstream, base: str, styles: StyleRegistry, ttl_s: float = 10.0) -> None:
+        self.upstream = upstream
+        self.base = base
+        self.styles = styles
+        self.ttl_s = ttl_s
+        self._listed: list[dict[str, Any]] = []
+        self._at = 0.0
+
+    async def upstream_models(self) -> list[dict[str, Any]]:
+        if time.monotonic() - self._at > self.ttl_s:
+            self._listed = await self.upstream.models()
+            self._at = time.monotonic()
+        return self._listed
+
+    async def adapters(self) -> set[str]:
+        try:
+            listed = await self.upstream_models()
+        except HuayuError:
+            return set()
+        return {str(m["id"]) for m in listed if m.get("id") != self.base}
+
+    async def resolve(self, name: str) -> tuple[str | None, str | None]:
+        """(style, adapter) that a model name asks for; NotFound naming the valid forms."""
+        head, _, style = name.partition(":")
+        if style and style not in self.styles:
+            self.styles.get(style)  # raises the unknown-style error listing the valid ones
+        if head == self.base:
+            return (style or None), None
+        if head in await self.adapters():
+            return (style or None), head
+        raise NotFound(
+            f"The model {name!r} does not exist. Use {self.base!r}, an adapter the model server lists, "
+            f"or '<model>:<style>' with a style among: {', '.join(self.styles.names())}.",
+            param="model",
+            code="model_not_found",
+        )
+
+    def aliases(self) -> list[str]:
+        return [f"{self.base}:{s}" for s in self.styles.names()]

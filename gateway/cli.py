@@ -1,0 +1,143 @@
+"""The ``huayu`` command: serve the gateway, run the whole stack, launch the model server, and tools."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway.config import DATA_DIR, Settings
+
+BANNER = """
+================================================================================
+  TINY RANDOM MODEL: the weights of {model} could not be had here ({why}).
+  huayu is running on a tiny random-weights model of the same architecture.
+  Its text is RANDOM: the whole system works, but the descriptions mean nothing.
+  On a GPU host with the weights, `make run` serves the real model.
+================================================================================
+"""
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = Settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _serving_python() -> str:
+    """The interpreter of the serving venv (vLLM); make installs it beside the gateway's."""
+    candidate = Path(".venv-serving/bin/python")
+    if candidate.exists():
+        return str(candidate)
+    return sys.executable
+
+
+def _model(args: argparse.Namespace) -> int:
+    import shlex
+
+    from serving.launch import ModelServer, build_command, detect_preset, serving_env
+    from serving.presets import get_preset
+
+    preset = args.preset or detect_preset()
+    cmd = build_command(preset, python=_serving_python(), host=args.host, port=args.port, model_path=args.model_path)
+    env = serving_env(DATA_DIR, preset=get_preset(preset))
+    print(shlex.join(cmd))
+    if args.print_only:
+        return 0
+    log_path = DATA_DIR / "logs" / f"vllm-{preset}.log"
+    server = ModelServer(cmd, env=env, log_path=log_path, host=args.host, port=args.port)
+    server.start()
+    print(f"vLLM is starting (log: {log_path}); Ctrl-C stops it.", flush=True)
+    _wait_for_signal(server.stop)
+    return 0
+
+
+def _wait_for_signal(stop: Callable[[], object]) -> None:
+    done = {"flag": False}
+
+    def handler(_sig: int, _frame: object) -> None:
+        done["flag"] = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        while not done["flag"]:
+            signal.pause()
+    finally:
+        stop()
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gateway.runner import run_stack
+
+    return run_stack(preset=args.preset, gateway_port=args.port, model_port=args.model_port)
+
+
+def _filter(args: argparse.Namespace) -> int:
+    from gateway.safety import filter_main
+
+    return filter_main(args.rest)
+
+
+def _config_table(_: argparse.Namespace) -> int:
+    from gateway.docs import config_table
+
+    print(config_table())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="huayu", description="画语 huayu: artworks that speak.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway (settings from HUAYU_* variables)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--access-log", action="store_true")
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("run", help="start the model server and the gateway together (Ctrl-C stops both)")
+    p.add_argument("--preset", help="serving preset (default: picked from the GPU found)")
+    p.add_argument("--port", type=int, default=8080, help="gateway port")
+    p.add_argument("--model-port", type=int, default=8000)
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("model", help="print and run the vLLM command of a serving preset")
+    p.add_argument("--preset", help="h100, h200, rtx-24gb, cpu, tiny, guard (default: picked from the GPU found)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model-path", help="serve this local folder instead of the preset's model id")
+    p.add_argument("--print-only", action="store_true", help="print the command and exit")
+    p.set_defaults(func=_model)
+
+    p = sub.add_parser("filter", help="check text against the word lists; prints the verdict as JSON")
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_filter)
+
+    p = sub.add_parser("config-table", help="print the configuration table (Markdown) for the README")
+    p.set_defaults(func=_config_table)
+
+    args = parser.parse_args(argv)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,401 @@
+"""describe(): the data path of one description, top to bottom.
+
+image -> preprocess -> cache -> style -> upstream -> safety -> store -> answer
+
+The routers (``gateway/api``) turn a request into a ``Job`` and the ``Result`` (or the stream of
+``Delta`` then ``Result``) into their wire format; everything in between happens here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.cache import CacheHit, DescriptionCache
+from gateway.config import Settings
+from gateway.images import ImageOptions, ImageWorker, PreparedImage
+from gateway.metrics import GatewayMetrics
+from gateway.prompting import Sampling, build_messages, cache_scope
+from gateway.safety import GuardClient, SafetyFilter, SafetyMetrics, Verdict, apply_guard
+from gateway.store import DescriptionRecord, ResultStore, new_description_id
+from gateway.styles import Style
+from gateway.upstream import Upstream
+
+
+@dataclass
+class Job:
+    image: bytes
+    style: Style
+    language: str
+    sampling: Sampling
+    metadata: dict[str, str] = field(default_factory=dict)
+    request: str | None = None
+    use_cache: bool = True
+    options: ImageOptions | None = None
+    priority: int = 0
+    tenant: str = "public"
+    source: str | None = None
+    adapter: str | None = None  # a LoRA adapter asked for by the request; else the style's
+
+
+@dataclass
+class Result:
+    id: str
+    description: str
+    style: str
+    style_version: str
+    language: str
+    model: str
+    adapter: str | None
+    cached: bool
+    cache: dict[str, Any] | None
+    usage: dict[str, int]
+    latency_ms: float
+    finish_reason: str | None
+    safety: dict[str, Any]
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def predict_body(self) -> dict[str, Any]:
+        body = {k: v for k, v in self.__dict__.items() if k != "created"}
+        return body
+
+
+@dataclass(frozen=True)
+class Delta:
+    text: str
+
+
+@dataclass
+class _Prepared:
+    job: Job
+    image: PreparedImage
+    messages: list[dict[str, Any]]
+    scope: str
+    model: str
+    adapter: str | None
+    started: float
+
+
+class Describer:
+    def __init__(
+        self,
+        settings: Settings,
+        upstream: Upstream,
+        images: ImageWorker,
+        metrics: GatewayMetrics,
+        cache: DescriptionCache | None = None,
+        safety: SafetyFilter | None = None,
+        guard: GuardClient | None = None,
+        store: ResultStore | None = None,
+        safety_metrics: SafetyMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.upstream = upstream
+        self.images = images
+        self.metrics = metrics
+        self.cache = cache
+        self.safety = safety
+        self.guard = guard
+        self.store = store
+        self.safety_metrics = safety_metrics
+        self._flights: dict[str, asyncio.Future[Result]] = {}
+
+    # ---- the public entry points -------------------------------------------------------
+
+    async def describe(self, job: Job) -> Result:
+        prep = await self._prepare(job)
+        hit = await self._lookup(prep)
+        if hit is not None:
+            return hit
+        return await self._coalesced(prep, self._generate)
+
+    async def stream(self, job: Job) -> AsyncIterator[Delta | Result]:
+        prep = await self._prepare(job)
+        hit = await self._lookup(prep)
+        if hit is None and self._flight_key(prep) in self._flights:
+            hit = await self._join(self._flight_key(prep), prep)
+        if hit is not None:
+            yield Delta(hit.description)
+            yield hit
+            return
+        key = self._flight_key(prep)
+        future = self._lead(key)
+        try:
+            result: Result | None = None
+            async for event in self._stream_generate(prep):
+                if isinstance(event, Result):
+                    result = event
+                yield event
+            if result is not None and not future.done():
+                future.set_result(result)
+        except BaseException as e:
+            if not future.done():
+                future.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
+                future.exception()  # retrieved here, so an unjoined failure is not logged twice
+            raise
+        finally:
+            self._flights.pop(key, None)
+
+    # ---- steps --------------------------------------------------------------------------
+
+    async def _prepare(self, job: Job) -> _Prepared:
+        started = time.perf_counter()
+        options = job.options or ImageOptions.from_settings(self.settings)
+        image = await self.images.prepare(job.image, options)
+        canary = self.safety.canary if self.safety else ""
+        messages = build_messages(job.style, job.language, image.data_url(), job.metadata, job.request, canary)
+        adapter = job.adapter or job.style.adapter or None
+        model = adapter or self.settings.upstream_model
+        scope = cache_scope(
+            tenant=job.tenant,
+            model=self.settings.upstream_model,
+            adapter=adapter or "",
+            style=job.style,
+            language=job.language,
+            sampling=job.sampling,
+            metadata=job.metadata,
+            request=job.request,
+            options=(options.crop_borders, options.correct_glare),
+        )
+        return _Prepared(job, image, messages, scope, model, adapter, started)
+
+    def _cacheable(self, prep: _Prepared) -> bool:
+        return self.cache is not None and prep.job.use_cache and prep.job.style.cache
+
+    async def _lookup(self, prep: _Prepared) -> Result | None:
+        if not self._cacheable(prep):
+            return None
+        assert self.cache is not None
+        hit: CacheHit | None = await self.cache.get(prep.scope, prep.image)
+        if hit is None:
+            return None
+        value = hit.value
+        return Result(
+            id=str(value["id"]),
+            description=str(value["description"]),
+            style=prep.job.style.name,
+            style_version=prep.job.style.version,
+            language=prep.job.language,
+            model=str(value.get("model", prep.model)),
+            adapter=prep.adapter,
+            cached=True,
+            cache={"kind": hit.kind, "distance": hit.distance},
+            usage=dict(value.get("usage", {})),
+            latency_ms=self._elapsed_ms(prep),
+            finish_reason=value.get("finish_reason"),
+            safety=dict(value.get("safety", {"action": "allow", "categories": [], "terms": []})),
+        )
+
+    def _flight_key(self, prep: _Prepared) -> str:
+        return prep.scope + ":" + prep.image.digest
+
+    def _lead(self, key: str) -> asyncio.Future[Result]:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._flights[key] = future
+        return future
+
+    async def _join(self, key: str, prep: _Prepared) -> Result:
+        self.metrics.coalesced.inc()
+        result = await asyncio.shield(self._flights[key])
+        return replace(
+            result, cached=True, cache={"kind": "coalesced", "distance": 0}, latency_ms=self._elapsed_ms(prep)
+        )
+
+    async def _coalesced(self, prep: _Prepared, work: Any) -> Result:
+        if not self._cacheable(prep):
+            return await work(prep)  # type: ignore[no-any-return]
+        key = self._flight_key(prep)
+        if key in self._flights:
+            return await self._join(key, prep)
+        future = self._lead(key)
+        try:
+            result: Result = await work(prep)
+        except Exception as e:
+            future.set_exception(e)
+            future.exception()
+            raise
+        finally:
+            self._flights.pop(key, None)
+        future.set_result(result)
+        return result
+
+    def _body(self, prep: _Prepared, stream: bool, messages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        s = prep.job.sampling
+        body: dict[str, Any] = {
+            "model": prep.model,
+            "messages": messages or prep.messages,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "stream": stream,
+        }
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        if self.settings.upstream_priority and prep.job.priority:
+            body["priority"] = prep.job.priority
+        return body
+
+    async def _complete(
+        self, prep: _Prepared, messages: list[dict[str, Any]] | None = None
+    ) -> tuple[str, str | None, dict[str, int]]:
+        t0 = time.perf_counter()
+        data = await self.upstream.chat(self._body(prep, stream=False, messages=messages))
+        self.metrics.upstream_latency.labels(prep.model).observe(time.perf_counter() - t0)
+        choice = (data.get("choices") or [{}])[0]
+        text = str((choice.get("message") or {}).get("content") or "")
+        return text, choice.get("finish_reason"), _usage(data.get("usage"))
+
+    async def _generate(self, prep: _Prepared) -> Result:
+        lang = prep.job.language
+        text, finish, usage = await self._complete(prep)
+        verdict = self._check(text, lang)
+        if verdict.action == "regenerate" and self.safety is not None:
+            # once, with a stricter instruction; what still fails is withheld
+            strict = build_messages(
+                prep.job.style,
+                lang,
+                prep.image.data_url(),
+                prep.job.metadata,
+                prep.job.request,
+                self.safety.canary,
+                self.safety.strict_instruction(lang),
+            )
+            text, finish, again = await self._complete(prep, strict)
+            usage = {k: usage.get(k, 0) + again.get(k, 0) for k in set(usage) | set(again)}
+            verdict = self.safety.check(text, lang, retried=True)
+        if not verdict.withheld and self.guard is not None:
+            judged = await self.guard.judge(prep.messages[1]["content"][1]["text"], verdict.text)
+            if self.safety_metrics is not None:
+                self.safety_metrics.observe_guard(judged)
+            verdict = apply_guard(verdict, judged, lang)
+        if verdict.withheld:
+            finish = "content_filter"
+        return self._finish(
+            prep, verdict.text if not verdict.withheld else self._fallback(lang), finish, usage, verdict
+        )
+
+    async def _stream_generate(self, prep: _Prepared) -> AsyncIterator[Delta | Result]:
+        sf = self.safety.stream(prep.job.language) if self.safety else None
+        parts: list[str] = []
+        finish: str | None = None
+        usage: dict[str, int] = {}
+        t0 = time.perf_counter()
+        stopped = False
+        async for chunk in self.upstream.stream(self._body(prep, stream=True)):
+            if chunk.get("usage"):
+                usage = _usage(chunk["usage"])
+            for choice in chunk.get("choices") or []:
+                finish = choice.get("finish_reason") or finish
+                delta = (choice.get("delta") or {}).get("content") or ""
+                out = sf.feed(delta) if sf is not None and delta else delta
+                if sf is not None and sf.stopped:
+                    stopped = True  # withheld: stop reading, the model server cancels on disconnect
+                    break
+                if out:
+                    if not parts:
+                        self.metrics.ttft.labels(prep.job.style.name).observe(time.perf_counter() - prep.started)
+                    parts.append(out)
+                    yield Delta(out)
+            if stopped:
+                break
+        self.metrics.upstream_latency.labels(prep.model).observe(time.perf_counter() - t0)
+        if sf is None:
+            verdict = Verdict("allow", [], [], "".join(parts))
+        else:
+            tail = sf.finish()
+            if tail:
+                parts.append(tail)
+                yield Delta(tail)
+            verdict = sf.verdict
+        if verdict.withheld:
+            finish = "content_filter"
+            notice = ("\n\n" if parts else "") + self._fallback(prep.job.language)
+            parts.append(notice)
+            yield Delta(notice)
+        yield self._finish(prep, "".join(parts), finish, usage, verdict)
+
+    def _check(self, text: str, language: str) -> Verdict:
+        if self.safety is None:
+            return Verdict("allow", [], [], text)
+        return self.safety.check(text, language)
+
+    def _fallback(self, language: str) -> str:
+        return self.safety.fallback_text(language) if self.safety else ""
+
+    def _finish(
+        self, prep: _Prepared, text: str, finish: str | None, usage: dict[str, int], verdict: Verdict
+    ) -> Result:
+        style = prep.job.style
+        result = Result(
+            id=new_description_id(),
+            description=text,
+            style=style.name,
+            style_version=style.version,
+            language=prep.job.language,
+            model=self.settings.upstream_model,
+            adapter=prep.adapter,
+            cached=False,
+            cache=None,
+            usage=usage,
+            latency_ms=self._elapsed_ms(prep),
+            finish_reason=finish,
+            safety=verdict.public(),
+        )
+        if self.safety_metrics is not None:
+            self.safety_metrics.observe_verdict(verdict)
+        self.metrics.generated_tokens.labels(style.name).inc(usage.get("completion_tokens", 0))
+        self.metrics.prompt_tokens.labels(style.name).inc(usage.get("prompt_tokens", 0))
+        if not verdict.withheld and finish != "content_filter" and self._cacheable(prep):
+            assert self.cache is not None
+            asyncio.get_running_loop().create_task(self.cache.put(prep.scope, prep.image, self._cache_value(result)))
+        if self.store is not None:
+            self.store.record(self._record(prep, result))
+        return result
+
+    @staticmethod
+    def _cache_value(result: Result) -> dict[str, Any]:
+        keep = ("id", "description", "model", "usage", "finish_reason", "safety")
+        return {k: getattr(result, k) for k in keep}
+
+    def _record(self, prep: _Prepared, result: Result) -> DescriptionRecord:
+        job = prep.job
+        system = prep.messages[0]["content"]
+        user_text = prep.messages[1]["content"][1]["text"]
+        return DescriptionRecord(
+            id=result.id,
+            artwork_digest=prep.image.digest,
+            phash=prep.image.phash,
+            thumbnail=prep.image.thumbnail,
+            image_jpeg=prep.image.jpeg,
+            source=job.source,
+            metadata=job.metadata,
+            style=result.style,
+            style_version=result.style_version,
+            language=result.language,
+            model=result.model,
+            adapter=result.adapter,
+            prompt=job.request,
+            text=result.description,
+            usage=result.usage,
+            latency_ms=result.latency_ms,
+            safety=result.safety,
+            tenant=job.tenant,
+            created_at=datetime.now(UTC),
+            cached=False,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": user_text}],
+        )
+
+    @staticmethod
+    def _elapsed_ms(prep: _Prepared) -> float:
+        return round((time.perf_counter() - prep.started) * 1000, 2)
+
+
+def _usage(raw: Any) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        return {}
+    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return {k: int(raw.get(k) or 0) for k in keys}
