@@ -95,11 +95,38 @@ def _filter(args: argparse.Namespace) -> int:
     return filter_main(args.rest)
 
 
+def _batch(args: argparse.Namespace) -> int:
+    from gateway.batch import batch_main
+
+    return batch_main(args.rest)
+
+
+def _loadtest(args: argparse.Namespace) -> int:
+    from loadtest import loadtest_main
+
+    return loadtest_main(args.rest)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bench.run_all import main as bench_main
+
+    code: int = bench_main(args.rest)
+    return code
+
+
 def _config_table(_: argparse.Namespace) -> int:
     from gateway.docs import config_table
 
     print(config_table())
     return 0
+
+
+_PASSTHROUGH: dict[str, Callable[[argparse.Namespace], int]] = {
+    "batch": _batch,
+    "loadtest": _loadtest,
+    "bench": _bench,
+    "filter": _filter,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,9 +157,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_filter)
 
+    p = sub.add_parser("batch", help="describe a whole collection (folder, CSV or IIIF manifest)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_batch)
+
+    p = sub.add_parser(
+        "loadtest", help="run the load test against a gateway and report against the SLOs", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_loadtest)
+
+    p = sub.add_parser(
+        "bench", help="run the benchmarks (figures with baselines measured in the same run)", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_bench)
+
     p = sub.add_parser("config-table", help="print the configuration table (Markdown) for the README")
     p.set_defaults(func=_config_table)
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in _PASSTHROUGH:
+        # these commands own their whole argument list (argparse's REMAINDER would eat no leading flags)
+        return _PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     code: int = args.func(args)
