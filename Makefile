@@ -4,7 +4,7 @@ VENV := .venv
 SERVING_VENV := .venv-serving
 BIN := $(VENV)/bin
 
-.PHONY: run test check lint types pytest venv serving-venv bench loadtest clean
+.PHONY: run test lint types pytest venv serving-venv system-deps bench loadtest clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,7 +20,12 @@ $(SERVING_VENV)/.installed: serving/install.sh serving/requirements-cpu.txt
 
 serving-venv: $(SERVING_VENV)/.installed
 
-run: venv
+# Debian packages the tests run for real: nginx, Prometheus (deploy/ checks), Chromium (the review page)
+system-deps:
+	bash scripts/install-debs.sh
+	if [ -f scripts/install-browser.sh ]; then bash scripts/install-browser.sh; fi
+
+run: venv serving-venv
 	$(BIN)/huayu run
 
 lint: venv
@@ -30,12 +35,14 @@ lint: venv
 types: venv
 	$(BIN)/mypy
 
-pytest: venv serving-venv
+pytest: venv serving-venv system-deps
+	bash scripts/services.sh
 	$(BIN)/pytest
 
 test: lint types pytest
 
 bench: venv serving-venv
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/huayu bench
 
 loadtest: venv

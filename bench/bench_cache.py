@@ -61,7 +61,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=2000)
-    ap.add_argument("--bktree-queries", type=int, default=100)
+    ap.add_argument("--bktree-queries", type=int, default=20)
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     args = ap.parse_args()
     rng = random.Random(1)
@@ -119,8 +119,8 @@ async def _redis(url: str, hashes: list[int], queries: list[int], sig: bytes) ->
     try:
         t = time.perf_counter()
         buckets: list[defaultdict[int, list[bytes]]] = [defaultdict(list) for _ in range(4)]
-        for i, h in enumerate(hashes):
-            rec = record(h, f"{i:032x}")
+        for h in hashes:
+            rec = record(h)
             for b, v in enumerate(band_values(h)):
                 buckets[b][v].append(rec)
         for key, bucket in zip(cache.band_keys(sid), buckets, strict=True):
@@ -133,7 +133,8 @@ async def _redis(url: str, hashes: list[int], queries: list[int], sig: bytes) ->
         # entries only where a query can land, so the index is 1M strong and Redis stays small
         for q in queries:
             for i in np.flatnonzero(np.bitwise_count(arr ^ np.uint64(q)) <= D).tolist():
-                pipe.set(cache.entry_key(sid, f"{i:032x}"), blob, ex=3600)
+                pipe.hset(cache.entry_key(sid, hashes[i]), bytes.fromhex(f"{i:032x}"), blob)
+                pipe.expire(cache.entry_key(sid, hashes[i]), 3600)
         await pipe.execute()
         print(f"  (Redis loaded in {time.perf_counter() - t:.1f} s)")
         lat = []

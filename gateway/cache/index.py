@@ -45,6 +45,7 @@ class NearIndex:
         self._size = 0
         self._offsets: list[np.ndarray] = []  # per band: 65537 offsets into _order
         self._order: list[np.ndarray] = []  # per band: slots sorted by band value
+        self._order_h: list[np.ndarray] = []  # their hashes, in the same order: read in runs, not gathered
         self._sorted = 0
         self._delta: list[dict[int, list[int]]] = [{} for _ in range(BANDS)]
         self._delta_size = 0
@@ -83,10 +84,11 @@ class NearIndex:
     def _rebuild(self) -> None:
         slots = np.flatnonzero(self._alive).astype(np.int64)
         vals = ((self._hashes[slots][None, :] >> _SHIFTS[:, None]) & np.uint64(_BAND_MASK)).astype(np.int64)
-        self._order, self._offsets = [], []
+        self._order, self._order_h, self._offsets = [], [], []
         for b in range(BANDS):
             order = np.argsort(vals[b], kind="stable")
             self._order.append(slots[order])
+            self._order_h.append(self._hashes[slots[order]])
             counts = np.bincount(vals[b], minlength=1 << BAND_BITS)
             self._offsets.append(np.concatenate([[0], np.cumsum(counts)]))
         self._sorted = len(slots)
@@ -96,6 +98,7 @@ class NearIndex:
     def query(self, h: int, max_distance: int | None = None) -> list[tuple[int, int]]:
         """(distance, slot) of every entry within ``max_distance``, nearest first."""
         limit = self.max_distance if max_distance is None else min(max_distance, self.max_distance)
+        q = np.uint64(h)
         found: list[np.ndarray] = []
         extra: list[int] = []
         for b, v in enumerate(band_values(h)):
@@ -107,7 +110,8 @@ class NearIndex:
                 if total:
                     # all [start, start + len) ranges at once
                     idx = np.arange(total) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
-                    found.append(self._order[b][idx])
+                    near = np.bitwise_count(self._order_h[b][idx] ^ q) <= limit
+                    found.append(self._order[b][idx[near]])
             delta = self._delta[b]
             if delta:
                 for key in keys.tolist():
@@ -118,10 +122,10 @@ class NearIndex:
             found.append(np.array(extra, dtype=np.int64))
         if not found:
             return []
-        slots = np.concatenate(found)
-        dist = np.bitwise_count(self._hashes[slots] ^ np.uint64(h))
+        slots = np.unique(np.concatenate(found))  # a slot may sit in several bands' buckets
+        # a slot re-used since the last re-sort is listed under its old hash too: check the live one
+        dist = np.bitwise_count(self._hashes[slots] ^ q).astype(np.int64)
         keep = (dist <= limit) & self._alive[slots]
-        slots = np.unique(slots[keep])  # a slot may sit in several bands' buckets
-        dist = np.bitwise_count(self._hashes[slots] ^ np.uint64(h)).astype(np.int64)
+        slots, dist = slots[keep], dist[keep]
         order = np.argsort(dist, kind="stable")
         return list(zip(dist[order].tolist(), slots[order].tolist(), strict=True))

@@ -1,11 +1,13 @@
 """The Redis cache: shared by every gateway process, the same behaviour as the in-process one.
 
 Layout, all keys of a scope in one hash slot (``{sid}``) so the scripts also run on a cluster:
-  ``<prefix>{sid}:e:<digest>``  the entry: signature and value, with the TTL;
-  ``<prefix>{sid}:n:<band>``    a hash per pHash band: field = the band's 16 bits, value = packed
-                                24-byte records (pHash, digest) of the entries in that bucket.
-A lookup is one round trip (the exact key plus 4 x 137 bucket fields), a second one only when a
-near candidate exists. Records of expired entries are pruned when a lookup meets them.
+  ``<prefix>{sid}:p:<phash>``  a hash of the entries with that pHash: field = digest, value =
+                               signature and description; the TTL is on this key;
+  ``<prefix>{sid}:n:<band>``   a hash per pHash band: field = the band's 16 bits, value = the
+                               packed 8-byte pHashes in that bucket.
+A lookup is one round trip (the exact field plus 4 x 137 bucket fields; 8 bytes a candidate keep
+the reply small), a second one only when a candidate lies within D. pHashes whose entries expired
+are pruned from the buckets when a lookup meets them.
 Redis slow or down: every call is bounded by ``timeout_s``, counted, and answered as a miss; after a
 failure the backend is left alone for ``backoff_s`` so a dead Redis costs nothing per request.
 """
@@ -35,19 +37,20 @@ if TYPE_CHECKING:
     from gateway.images import PreparedImage
 
 log = logging.getLogger("huayu.cache")
-RECORD = np.dtype([("h", ">u8"), ("d", "S16")])
+RECORD = np.dtype(">u8")
 _BLOB = struct.Struct("<2sH")
 
 _PUT = """
-redis.call('SET', KEYS[5], ARGV[2], 'EX', ARGV[1])
+redis.call('HSET', KEYS[5], ARGV[8], ARGV[2])
+redis.call('EXPIRE', KEYS[5], ARGV[1])
 for i = 1, 4 do
   local cur = redis.call('HGET', KEYS[i], ARGV[3 + i])
   if not cur then
     redis.call('HSET', KEYS[i], ARGV[3 + i], ARGV[3])
   else
     local found = false
-    for j = 1, #cur, 24 do
-      if string.sub(cur, j, j + 23) == ARGV[3] then found = true break end
+    for j = 1, #cur, 8 do
+      if string.sub(cur, j, j + 7) == ARGV[3] then found = true break end
     end
     if not found then redis.call('HSET', KEYS[i], ARGV[3 + i], cur .. ARGV[3]) end
   end
@@ -62,8 +65,8 @@ for i = 1, 4 do
   local cur = redis.call('HGET', KEYS[i], ARGV[1 + i])
   if cur then
     local parts = {}
-    for j = 1, #cur, 24 do
-      local r = string.sub(cur, j, j + 23)
+    for j = 1, #cur, 8 do
+      local r = string.sub(cur, j, j + 7)
       if r ~= ARGV[1] then parts[#parts + 1] = r end
     end
     if #parts == 0 then redis.call('HDEL', KEYS[i], ARGV[1 + i])
@@ -78,8 +81,8 @@ def scope_id(scope: str) -> str:
     return hashlib.blake2b(scope.encode(), digest_size=12).hexdigest()
 
 
-def record(phash: int, digest: str) -> bytes:
-    return phash.to_bytes(8, "big") + bytes.fromhex(digest)
+def record(phash: int) -> bytes:
+    return phash.to_bytes(8, "big")
 
 
 def field(band_value: int) -> bytes:
@@ -136,8 +139,8 @@ class RedisCache:
         kw = self.client.connection_pool.connection_kwargs
         self._where = f"{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}"
 
-    def entry_key(self, sid: str, digest: str) -> str:
-        return f"{self.prefix}{{{sid}}}:e:{digest}"
+    def entry_key(self, sid: str, phash: int) -> str:
+        return f"{self.prefix}{{{sid}}}:p:{phash:016x}"
 
     def band_keys(self, sid: str) -> list[str]:
         return [f"{self.prefix}{{{sid}}}:n:{b}" for b in range(BANDS)]
@@ -155,32 +158,36 @@ class RedisCache:
         return hit
 
     async def _lookup(self, sid: str, digest: str, phash: int, signature: bytes) -> CacheHit | None:
-        near = self.near_distance > 0
         pipe = self.client.pipeline(transaction=False)
-        pipe.get(self.entry_key(sid, digest))
-        if near:
+        pipe.hget(self.entry_key(sid, phash), bytes.fromhex(digest))
+        if self.near_distance > 0:
             for key, v in zip(self.band_keys(sid), band_values(phash), strict=True):
                 pipe.hmget(key, [field(k) for k in (self._masks ^ v).tolist()])
         res = await pipe.execute()
-        if res[0] is not None and (entry := unpack_entry(res[0])) is not None:
+        if isinstance(res[0], bytes) and (entry := unpack_entry(res[0])) is not None:
             return CacheHit(entry[1], "exact", 0)
         blobs = [b for values in res[1:] for b in values if b]
         if not blobs:
             return None
-        recs = np.unique(np.frombuffer(b"".join(blobs), dtype=RECORD))
-        dist = np.bitwise_count(recs["h"].astype(np.uint64) ^ np.uint64(phash))
-        order = [i for i in np.argsort(dist, kind="stable").tolist() if dist[i] <= self.near_distance]
-        if not order:
+        hashes = np.unique(np.frombuffer(b"".join(blobs), dtype=RECORD).astype(np.uint64))
+        dist = np.bitwise_count(hashes ^ np.uint64(phash))
+        near = [
+            (int(dist[i]), int(hashes[i])) for i in np.argsort(dist, kind="stable") if dist[i] <= self.near_distance
+        ]
+        if not near:
             return None
-        digests = [bytes(recs["d"][i]).ljust(16, b"\0").hex() for i in order]
-        found = await self.client.mget([self.entry_key(sid, d) for d in digests])
-        for i, d, blob in zip(order, digests, found, strict=True):
-            entry = unpack_entry(blob) if isinstance(blob, bytes) else None
-            if entry is None:
-                self._spawn_prune(sid, d, int(recs["h"][i]))
-            elif same_artwork(signature, entry[0]):
-                return CacheHit(entry[1], "near", int(dist[i]))
-            else:
+        pipe = self.client.pipeline(transaction=False)
+        for _, h in near:
+            pipe.hgetall(self.entry_key(sid, h))
+        groups = await pipe.execute()
+        for (d, h), group in zip(near, groups, strict=True):
+            if not group:
+                self._spawn_prune(sid, h)
+                continue
+            for blob in group.values():
+                entry = unpack_entry(blob)
+                if entry is not None and same_artwork(signature, entry[0]):
+                    return CacheHit(entry[1], "near", d)
                 self._rec.rejected()
         return None
 
@@ -191,18 +198,19 @@ class RedisCache:
         if self._skipping("put"):
             return
         sid = scope_id(scope)
-        keys = [*self.band_keys(sid), self.entry_key(sid, digest)]
-        args: list[bytes | int] = [self.ttl_s, pack_entry(signature, value), record(phash, digest)]
+        keys = [*self.band_keys(sid), self.entry_key(sid, phash)]
+        args: list[bytes | int] = [self.ttl_s, pack_entry(signature, value), record(phash)]
         args += [field(v) for v in band_values(phash)]
+        args.append(bytes.fromhex(digest))
         try:
             async with asyncio.timeout(self.timeout_s):
                 await self._put(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as e:
             self._fail("put", e)
 
-    def _spawn_prune(self, sid: str, digest: str, phash: int) -> None:
-        keys = [*self.band_keys(sid), self.entry_key(sid, digest)]
-        args = [record(phash, digest), *[field(v) for v in band_values(phash)]]
+    def _spawn_prune(self, sid: str, phash: int) -> None:
+        keys = [*self.band_keys(sid), self.entry_key(sid, phash)]
+        args = [record(phash), *[field(v) for v in band_values(phash)]]
 
         async def prune() -> None:
             try:

@@ -158,7 +158,7 @@ async def test_redis_entries_expire_and_stale_records_are_pruned(images: dict[st
     try:
         await c.put("s", images["cat"], {"d": "cat"})
         sid = scope_id("s")
-        entry = c.entry_key(sid, images["cat"].digest)
+        entry = c.entry_key(sid, images["cat"].phash)
         assert 0 < await c.client.ttl(entry) <= 30
         assert all([0 < await c.client.ttl(k) <= 30 for k in c.band_keys(sid)])
         await c.client.delete(entry)  # as if it had expired

@@ -1,0 +1,53 @@
+"""The benchmark tools: the load client against a real simulator, BENCHMARKS.md sections, profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench.bench_gateway import top_costs
+from bench.run_all import modules, section_of, write_section
+from loadtest.hammer import main as hammer_main
+from loadtest.simulator import SimConfig, run_in_thread
+
+
+def test_the_load_client_times_streams_and_counts_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    body = {"model": "qwen-vl", "stream": True, "messages": [{"role": "user", "content": "Describe it."}]}
+    (tmp_path / "body.json").write_bytes(orjson.dumps(body))
+    with run_in_thread(SimConfig(ttft_ms=30, tokens=4, fault="503", fault_count=2)) as sim:
+        spec = {"url": sim.base_url + "/chat/completions", "body_file": str(tmp_path / "body.json"), "stream": True}
+        (tmp_path / "spec.json").write_bytes(orjson.dumps(spec | {"concurrency": 2, "seconds": 0.5}))
+        hammer_main([str(tmp_path / "spec.json")])
+    figures = orjson.loads(capsys.readouterr().out)
+    assert figures["errors"] == {"HTTP 503": 2} and figures["ok"] > 4
+    assert figures["ttft_ms"]["p50"] >= 30.0 and figures["e2e_ms"]["p50"] >= figures["ttft_ms"]["p50"]
+
+
+def test_sections_are_replaced_in_place_and_others_kept(tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    write_section("bench_a", "A", "first", path)
+    write_section("bench_b", "B", "| x |\n|---|\n| 1 |", path)
+    write_section("bench_a", "A", "second", path)
+    text = path.read_text()
+    assert text.startswith("# huayu benchmarks") and "first" not in text
+    assert text.index("second") < text.index("| 1 |")  # bench_a kept its place
+    assert "cores" in (section_of("bench_a", path) or "")  # stamped with the machine
+    assert section_of("bench_c", path) is None
+
+
+def test_the_runner_finds_the_benchmarks() -> None:
+    assert "bench_gateway" in modules()
+    assert modules(["gateway"]) == ["bench_gateway"]
+    with pytest.raises(SystemExit, match="Unknown benchmarks: bench_nope"):
+        modules(["nope"])
+
+
+def test_top_costs_from_collapsed_stacks() -> None:
+    collapsed = "main;serve;decode 60\nmain;serve;encode 30\nmain;idle 10\n"
+    text = top_costs(collapsed, lambda f: f)
+    lines = text.splitlines()
+    assert lines[0] == "100 samples"
+    assert lines[2].split() == ["60.0", "60.0", "decode"]
+    assert "90.0  serve" in text
