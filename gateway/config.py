@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     )
     jpeg_quality: int = Field(90, description="JPEG quality of the image sent to the model.")
     image_workers: int = Field(0, description="Processes that decode and resize images (0: one per core).")
+    image_memo_entries: int = Field(
+        256, description="Recent uploads kept model-ready in memory, so a repeat skips decoding (0: off)."
+    )
     crop_borders: bool = Field(False, description="Crop uniform scan borders by default.")
     correct_glare: bool = Field(False, description="Correct glare and shadow by default (changes colours).")
     max_tokens_limit: int = Field(2048, description="Largest max_tokens a caller may ask for.")
@@ -93,6 +96,50 @@ class Settings(BaseSettings):
 
     # --- admission ---
     max_in_flight: int = Field(512, description="Requests in flight per process before 429.")
+
+    # --- keys and limits (see the README's Security section) ---
+    api_keys: str = Field(
+        "", description="API keys as comma-separated tenant:sha256hex entries (empty with no file: keys off)."
+    )
+    api_keys_file: Path | None = Field(None, description="File of tenant:sha256hex lines, added to HUAYU_API_KEYS.")
+    metrics_key_required: bool = Field(False, description="Ask a key for /metrics too when keys are on.")
+    rate_limit_requests_per_minute: int = Field(
+        0, ge=0, description="Generation requests a key may make per minute (0: no limit)."
+    )
+    rate_limit_tokens_per_minute: int = Field(
+        0, ge=0, description="Tokens (usage.total_tokens) a key may spend per minute (0: no limit)."
+    )
+    rate_limit_backend: Literal["redis", "memory"] = Field(
+        "redis", description="Where the limits count: Redis (shared, in-process fallback) or in-process only."
+    )
+
+    # --- image URLs in chat requests ---
+    image_urls_enabled: bool = Field(False, description="Fetch http(s) image URLs named in chat requests.")
+    image_url_allowed_domains: str = Field(
+        "", description="Comma-separated hosts images may be fetched from (.example.org: its subdomains too)."
+    )
+    image_url_allow_http: bool = Field(False, description="Allow plain http image URLs (else https only).")
+    image_url_allow_private: bool = Field(
+        False, description="Allow private and loopback addresses for image URLs (tests only; never in production)."
+    )
+    image_url_max_redirects: int = Field(
+        3, ge=0, le=10, description="Redirects followed, each re-checked (0: a redirect is refused)."
+    )
+    image_url_timeout_s: float = Field(10.0, gt=0, description="Seconds allowed to fetch an image URL, in all.")
+
+    # --- upstream faults ---
+    upstream_retries: int = Field(
+        2, ge=0, le=10, description="Retries of a model-server call that failed before its first byte."
+    )
+    upstream_retry_backoff_s: float = Field(
+        0.1, ge=0, description="Base delay of those retries (doubled each time, with jitter)."
+    )
+    breaker_failures: int = Field(
+        5, ge=1, description="Consecutive model-server failures that open the circuit breaker."
+    )
+    breaker_reset_s: float = Field(
+        10.0, gt=0, description="Seconds the breaker stays open before one probe request is let through."
+    )
 
 
 @lru_cache(maxsize=1)

@@ -9,7 +9,9 @@ The routers (``gateway/api``) turn a request into a ``Job`` and the ``Result`` (
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -24,6 +26,10 @@ from gateway.safety import GuardClient, SafetyFilter, SafetyMetrics, Verdict, ap
 from gateway.store import DescriptionRecord, ResultStore, new_description_id
 from gateway.styles import Style
 from gateway.upstream import Upstream
+
+
+# uploads up to this size are hashed on the event loop for the memo (about 1 ms per 4 MB)
+_MEMO_MAX_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -103,6 +109,7 @@ class Describer:
         self.store = store
         self.safety_metrics = safety_metrics
         self._flights: dict[str, asyncio.Future[Result]] = {}
+        self._memo: OrderedDict[bytes, PreparedImage] = OrderedDict()
 
     # ---- the public entry points -------------------------------------------------------
 
@@ -145,7 +152,7 @@ class Describer:
     async def _prepare(self, job: Job) -> _Prepared:
         started = time.perf_counter()
         options = job.options or ImageOptions.from_settings(self.settings)
-        image = await self.images.prepare(job.image, options)
+        image = await self._image(job.image, options)
         canary = self.safety.canary if self.safety else ""
         messages = build_messages(job.style, job.language, image.data_url(), job.metadata, job.request, canary)
         adapter = job.adapter or job.style.adapter or None
@@ -162,6 +169,24 @@ class Describer:
             options=(options.crop_borders, options.correct_glare),
         )
         return _Prepared(job, image, messages, scope, model, adapter, started)
+
+    async def _image(self, data: bytes, options: ImageOptions) -> PreparedImage:
+        """The model-ready image; an upload seen moments ago (several styles of one artwork, a retry)
+        is taken from a small memo instead of being decoded again."""
+        if len(data) > _MEMO_MAX_BYTES or self.settings.image_memo_entries <= 0:
+            return await self.images.prepare(data, options)
+        h = hashlib.blake2b(repr(options).encode(), digest_size=16)
+        h.update(data)
+        key = h.digest()
+        hit = self._memo.get(key)
+        if hit is not None:
+            self._memo.move_to_end(key)
+            return hit
+        image = await self.images.prepare(data, options)
+        self._memo[key] = image
+        while len(self._memo) > self.settings.image_memo_entries:
+            self._memo.popitem(last=False)
+        return image
 
     def _cacheable(self, prep: _Prepared) -> bool:
         return self.cache is not None and prep.job.use_cache and prep.job.style.cache

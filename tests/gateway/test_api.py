@@ -273,3 +273,22 @@ def test_wrong_method_and_unknown_route_are_openai_errors(client: httpx.Client) 
     assert _error(client.get("/v1/chat/completions"))["code"] == "method_not_allowed"
     r = client.get("/v1/nothing-here")
     assert r.status_code == 404 and _error(r)["code"] == "not_found"
+
+
+def _preprocessed(client: httpx.Client) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("huayu_image_preprocess_seconds_count"):
+            return float(line.split()[-1])
+    raise AssertionError("huayu_image_preprocess_seconds is not exported")
+
+
+def test_a_repeated_upload_is_not_decoded_again(client: httpx.Client, sim: Sim) -> None:
+    # two styles of one artwork: the second request reuses the prepared image from the memo
+    image = b64(jpeg(seed=40))
+    before = _preprocessed(client)
+    assert client.post("/v1/models/qwen-vl:predict", json={"image": image, "style": "curator"}).status_code == 200
+    assert _preprocessed(client) == before + 1
+    assert client.post("/v1/models/qwen-vl:predict", json={"image": image, "style": "academic"}).status_code == 200
+    assert _preprocessed(client) == before + 1
+    first, second = sim.requests(2)
+    assert first["messages"][1]["content"][0] == second["messages"][1]["content"][0]
