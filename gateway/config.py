@@ -37,7 +37,9 @@ class Settings(BaseSettings):
         256, description="Pooled connections to the model server (bounds concurrent generations)."
     )
     upstream_priority: bool = Field(
-        False, description="Forward the request priority (needs vLLM --scheduling-policy priority)."
+        True,
+        description="Forward request priorities, so bulk work yields to visitors (needs vLLM's "
+        "--scheduling-policy priority, which every huayu preset sets).",
     )
 
     # --- request limits ---

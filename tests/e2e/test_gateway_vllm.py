@@ -201,3 +201,9 @@ def test_a_stopped_model_server_gives_503(tmp_path: Path, vllm_server: VllmServe
             assert ready.status_code == 503 and ready.json()["status"] == "unavailable"
     finally:
         own.stop()
+
+
+def test_bulk_priority_is_accepted_by_vllm(http: httpx.Client) -> None:
+    # the presets run vLLM with --scheduling-policy priority; a plain server would answer 400 here
+    out = predict(http, image=b64(jpeg(seed=40)), priority=10, max_tokens=8)
+    assert out["description"] is not None

@@ -292,3 +292,11 @@ def test_a_repeated_upload_is_not_decoded_again(client: httpx.Client, sim: Sim) 
     assert _preprocessed(client) == before + 1
     first, second = sim.requests(2)
     assert first["messages"][1]["content"][0] == second["messages"][1]["content"][0]
+
+
+def test_priority_is_forwarded_for_bulk_work(client: httpx.Client, sim: Sim) -> None:
+    body = {"image": b64(jpeg(seed=41)), "priority": 10, "cache": False}
+    assert client.post("/v1/models/qwen-vl:predict", json=body).status_code == 200
+    assert sim.requests(1)[0]["priority"] == 10
+    assert client.post("/v1/models/qwen-vl:predict", json={**body, "priority": 0}).status_code == 200
+    assert "priority" not in sim.requests(1)[0]  # live traffic keeps vLLM's default
