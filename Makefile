@@ -23,7 +23,7 @@ serving-venv: $(SERVING_VENV)/.installed
 # Debian packages the tests run for real: nginx, Prometheus (deploy/ checks), Chromium (the review page)
 system-deps:
 	bash scripts/install-debs.sh
-	if [ -f scripts/install-browser.sh ]; then bash scripts/install-browser.sh; fi
+	bash scripts/install-browser.sh
 
 run: venv serving-venv
 	$(BIN)/huayu run

@@ -1,0 +1,188 @@
+"""The review API: stored descriptions, curators' feedback, exports, the gallery and the A/B report.
+
+Thin: every check of a value (rating 1-5, status, paging) is the store's, so the same rules hold
+for the CLI and the API, and bad values answer 422 with the store's message. The review page
+(``gateway/web``) is included here, and so are the ``huayu_review_*`` gauges, started with the app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response, StreamingResponse
+
+from gateway.deps import Services, services
+from gateway.errors import ServiceUnavailable
+from gateway.store import FILENAMES, MEDIA_TYPES, ResultStore
+from gateway.web import page
+from gateway.web.gauges import ReviewGauges
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # FastAPI nests an included router's lifespan inside the app's, so the services exist here
+    svc: Services | None = getattr(app.state, "services", None)
+    gauges = None
+    if svc is not None and svc.store is not None:
+        gauges = ReviewGauges(svc.store)
+        gauges.start(svc.metrics.registry)
+        app.state.review_gauges = gauges
+    try:
+        yield
+    finally:
+        if gauges is not None:
+            await gauges.aclose()
+
+
+router = APIRouter(tags=["reviews"], lifespan=_lifespan)
+router.include_router(page.router)
+
+
+def store_of(svc: Services) -> ResultStore:
+    if svc.store is None:
+        raise ServiceUnavailable(
+            "The results store is turned off on this gateway (HUAYU_STORE_ENABLED=false), so there are "
+            "no stored descriptions to review or export. Turn it on and set HUAYU_DATABASE_URL.",
+            code="store_disabled",
+        )
+    return svc.store
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # not bounded here: the store answers 422 for a rating outside 1-5 or not a whole number
+    rating: Any = Field(
+        ...,
+        description="How apt the description is: a whole number from 1 to 5.",
+        json_schema_extra={"type": "integer", "minimum": 1, "maximum": 5},
+    )
+    comment: str | None = Field(None, description="What the reviewer thinks, free text.")
+    edited_text: str | None = Field(None, description="The reviewer's corrected text; it becomes the final text.")
+    reviewer: str | None = Field(None, description="Who gave the feedback.")
+
+
+class DescriptionPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: str | None = Field(None, description="draft, approved or rejected.")
+    text: str | None = Field(None, description="The curator's text; the model's own text is kept beside it.")
+    reviewer: str | None = Field(None, description="Who made the change.")
+
+
+@router.get("/v1/descriptions")
+async def list_descriptions(
+    artwork_id: str | None = None,
+    style: str | None = None,
+    status: str | None = None,
+    min_rating: float | None = Query(None, description="Average rating at least this (1-5)."),
+    adapter: str | None = None,
+    language: str | None = None,
+    limit: int = Query(50, description="Page size, 1 to 500."),
+    offset: int = 0,
+    svc: Services = Depends(services),
+) -> dict[str, Any]:
+    return await store_of(svc).list_descriptions(
+        artwork_id=artwork_id,
+        style=style,
+        status=status,
+        min_rating=min_rating,
+        adapter=adapter,
+        language=language,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/v1/descriptions/{description_id}")
+async def get_description(description_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
+    return await store_of(svc).get_description(description_id)
+
+
+@router.post("/v1/descriptions/{description_id}/feedback", status_code=201)
+async def add_feedback(description_id: str, body: FeedbackRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+    return await store_of(svc).add_feedback(
+        description_id, body.rating, comment=body.comment, edited_text=body.edited_text, reviewer=body.reviewer
+    )
+
+
+@router.patch("/v1/descriptions/{description_id}")
+async def update_description(
+    description_id: str, body: DescriptionPatch, svc: Services = Depends(services)
+) -> dict[str, Any]:
+    return await store_of(svc).update_description(
+        description_id, status=body.status, text=body.text, reviewer=body.reviewer
+    )
+
+
+@router.get("/v1/export", response_model=None)
+async def export(
+    request: Request,
+    fmt: str = Query("jsonl", alias="format", description="jsonl, csv, finetune or iiif."),
+    artwork_id: str | None = None,
+    style: str | None = None,
+    status: str | None = None,
+    min_rating: float | None = None,
+    adapter: str | None = None,
+    language: str | None = None,
+    svc: Services = Depends(services),
+) -> StreamingResponse:
+    body = await store_of(svc).export(
+        fmt,
+        base_url=str(request.base_url),
+        artwork_id=artwork_id,
+        style=style,
+        status=status,
+        min_rating=min_rating,
+        adapter=adapter,
+        language=language,
+    )
+    return StreamingResponse(
+        body,
+        media_type=MEDIA_TYPES[fmt],
+        headers={"content-disposition": f'attachment; filename="{FILENAMES[fmt]}"'},
+    )
+
+
+@router.get("/v1/artworks")
+async def list_artworks(
+    style: str | None = None,
+    status: str | None = None,
+    min_rating: float | None = None,
+    limit: int = Query(24, description="Artworks per page, 1 to 500."),
+    offset: int = 0,
+    per_style: int = Query(5, description="Newest descriptions kept per artwork and style, 1 to 100."),
+    svc: Services = Depends(services),
+) -> dict[str, Any]:
+    return await store_of(svc).list_artworks(
+        limit=limit, offset=offset, style=style, status=status, min_rating=min_rating, per_style=per_style
+    )
+
+
+# an artwork id is a digest of its image: what it points to never changes
+_IMMUTABLE = {"cache-control": "private, max-age=604800, immutable"}
+
+
+@router.get("/v1/artworks/{artwork_id}/thumbnail", response_class=Response)
+async def artwork_thumbnail(artwork_id: str, svc: Services = Depends(services)) -> Response:
+    data = await store_of(svc).get_artwork_thumbnail(artwork_id)
+    return Response(data, media_type="image/jpeg", headers=_IMMUTABLE)
+
+
+@router.get("/v1/artworks/{artwork_id}/image", response_class=Response)
+async def artwork_image(artwork_id: str, svc: Services = Depends(services)) -> Response:
+    data = await store_of(svc).get_artwork_image(artwork_id)
+    return Response(data, media_type="image/jpeg", headers=_IMMUTABLE)
+
+
+@router.get("/v1/reports/adapters")
+async def adapter_report(request: Request, svc: Services = Depends(services)) -> dict[str, Any]:
+    rows = await store_of(svc).adapter_report()
+    gauges: ReviewGauges | None = getattr(request.app.state, "review_gauges", None)
+    if gauges is not None:
+        gauges.update(rows)  # the report was computed anyway: the gauges need not wait for their timer
+    return {"object": "list", "data": rows}
