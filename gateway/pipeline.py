@@ -27,7 +27,6 @@ from gateway.store import DescriptionRecord, ResultStore, new_description_id
 from gateway.styles import Style
 from gateway.upstream import Upstream
 
-
 # uploads up to this size are hashed on the event loop for the memo (about 1 ms per 4 MB)
 _MEMO_MAX_BYTES = 4 * 1024 * 1024
 
