@@ -1,0 +1,5 @@
+import sys
+
+from serving.finetune.cli import main
+
+sys.exit(main())
