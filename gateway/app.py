@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway.api import chat, describe, meta
+from gateway.api import chat, describe, meta, reviews
+from gateway.breaker import FaultMetrics
 from gateway.cache import CacheMetrics, build_cache
 from gateway.catalog import ModelCatalog
 from gateway.config import Settings, get_settings
@@ -19,6 +20,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.middleware import GatewayMiddleware
 from gateway.pipeline import Describer
 from gateway.safety import GuardClient, SafetyFilter, SafetyMetrics
+from gateway.security import SecurityMiddleware, build_security
 from gateway.store import ResultStore, StoreMetrics
 from gateway.styles import StyleRegistry
 from gateway.upstream import Upstream
@@ -33,10 +35,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     cache_metrics = CacheMetrics(metrics.registry)
     store_metrics = StoreMetrics(metrics.registry)
     safety_metrics = SafetyMetrics(metrics.registry)
+    fault_metrics = FaultMetrics(metrics.registry)
+    security = build_security(settings, metrics.registry)  # a malformed key list stops start-up here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        upstream = Upstream(settings)
+        upstream = Upstream(settings, metrics=fault_metrics)
         images = ImageWorker(settings.image_workers, metrics=cache_metrics)
         await images.warm()
         cache = build_cache(settings, cache_metrics)
@@ -73,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if guard is not None:
                 await guard.aclose()
             await upstream.aclose()
+            await security.aclose()
             images.close()
 
     app = FastAPI(
@@ -85,6 +90,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(meta.router)
     app.include_router(chat.router)
     app.include_router(describe.router)
+    app.include_router(reviews.router)
+    # added first, so it runs inside GatewayMiddleware: admission and the body limit come before keys
+    app.add_middleware(
+        SecurityMiddleware,
+        keys=security.keys,
+        limiter=security.limiter,
+        metrics_key_required=security.metrics_key_required,
+    )
     app.add_middleware(
         GatewayMiddleware,
         metrics=metrics,

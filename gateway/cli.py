@@ -121,7 +121,28 @@ def _config_table(_: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from gateway.security.cli import keys_main
+
+    return keys_main(args.rest)
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from serving.finetune import run_in_serving_venv  # the trainer needs torch: it runs in the serving venv
+
+    return run_in_serving_venv(args.rest)
+
+
+def _adapters(args: argparse.Namespace) -> int:
+    from serving.adapters import adapters_main
+
+    return adapters_main(args.rest)
+
+
 _PASSTHROUGH: dict[str, Callable[[argparse.Namespace], int]] = {
+    "adapters": _adapters,  # huayu adapters load NAME PATH | list | unload NAME [--url]
+    "finetune": _finetune,  # huayu finetune --data X --base M --out DIR: a LoRA adapter
+    "keys": _keys,  # huayu keys new TENANT: a random API key and its hash line
     "batch": _batch,
     "loadtest": _loadtest,
     "bench": _bench,
@@ -172,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=_bench)
+
+    for name, text in (
+        ("finetune", "train a LoRA adapter from the finetune export (runs in the serving venv)"),
+        ("adapters", "load, list or unload LoRA adapters of a running model server"),
+        ("keys", "make an API key for a tenant and the hash line to configure"),
+    ):
+        sub.add_parser(name, help=text, add_help=False)
 
     p = sub.add_parser("config-table", help="print the configuration table (Markdown) for the README")
     p.set_defaults(func=_config_table)

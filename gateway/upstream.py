@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,8 +11,12 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway.breaker import CircuitBreaker, FaultMetrics
 from gateway.config import Settings
 from gateway.errors import HuayuError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+
+# the model server is overloaded or restarting: worth another try, the request never started
+_RETRY_STATUS = frozenset({502, 503})
 
 
 def _upstream_message(status: int, content: bytes) -> str:
@@ -48,8 +53,16 @@ def map_status(status: int, content: bytes) -> HuayuError:
 
 
 class Upstream:
-    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        metrics: FaultMetrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.faults = metrics or FaultMetrics()
+        self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s, metrics=self.faults)
         headers = {"content-type": "application/json"}
         if settings.upstream_api_key:
             headers["authorization"] = f"Bearer {settings.upstream_api_key}"
@@ -72,35 +85,80 @@ class Upstream:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def _send(self, path: str, body: dict[str, Any], stream: bool) -> httpx.Response:
-        request = self.client.build_request("POST", path, content=orjson.dumps(body))
+    async def _send(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """The response with its headers read and its body not yet. Failures before the first byte
+        (no connection, 502/503) are retried with jittered backoff; nothing after it ever is."""
+        content = orjson.dumps(body)
+        attempt = 0
+        while True:
+            self.breaker.before()
+            try:
+                response = await self._attempt(path, content)
+            except asyncio.CancelledError:
+                self.breaker.release()
+                raise
+            except _Retryable as e:
+                self.breaker.failure()
+                error, reason = e.error, e.reason
+            except HuayuError:
+                self.breaker.failure()
+                raise
+            else:
+                status = response.status_code
+                if status < 400:
+                    self.breaker.success()
+                    return response
+                error = map_status(status, await _read_error(response))
+                if status < 500:
+                    self.breaker.success()  # the caller's fault: the server itself is fine
+                    raise error
+                self.breaker.failure()
+                if status not in _RETRY_STATUS:
+                    raise error
+                reason = str(status)
+            if attempt >= self.settings.upstream_retries:
+                raise error
+            attempt += 1
+            self.faults.retries.labels(reason).inc()
+            delay = min(2.0, self.settings.upstream_retry_backoff_s * 2 ** (attempt - 1))
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # jitter: many callers' retries spread out
+
+    async def _attempt(self, path: str, content: bytes) -> httpx.Response:
+        request = self.client.build_request("POST", path, content=content)
         try:
-            response = await self.client.send(request, stream=stream)
+            return await self.client.send(request, stream=True)
         except httpx.ConnectTimeout as e:
-            raise UpstreamUnavailable(f"Could not connect to the model server in time ({e!r}).") from e
+            err = UpstreamUnavailable(f"Could not connect to the model server in time ({e!r}).")
+            raise _Retryable(err, "connect") from e
         except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as e:
-            raise UpstreamUnavailable(f"The model server is unreachable ({type(e).__name__}).") from e
+            err = UpstreamUnavailable(f"The model server is unreachable ({type(e).__name__}).")
+            raise _Retryable(err, "connect") from e
         except httpx.TimeoutException as e:
             raise UpstreamTimeout(
                 f"The model server did not answer within {self.settings.first_byte_timeout_s:g} s."
             ) from e
-        if response.status_code >= 400:
-            content = await response.aread()
-            await response.aclose()
-            raise map_status(response.status_code, content)
-        return response
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self._send("/chat/completions", body, stream=False)
+        response = await self._send("/chat/completions", body)
         try:
-            data: dict[str, Any] = orjson.loads(response.content)
+            content = await response.aread()
+        except httpx.TimeoutException as e:
+            raise UpstreamTimeout(
+                f"The model server stopped sending its answer for {self.settings.first_byte_timeout_s:g} s."
+            ) from e
+        except (httpx.ReadError, httpx.RemoteProtocolError) as e:
+            raise UpstreamError(f"The connection to the model server broke mid-answer ({type(e).__name__}).") from e
+        finally:
+            await response.aclose()
+        try:
+            data: dict[str, Any] = orjson.loads(content)
         except orjson.JSONDecodeError as e:
             raise UpstreamError("The model server sent a response that is not JSON.") from e
         return data
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yields the parsed SSE chunks. Raises before the first chunk, or mid-stream as UpstreamError."""
-        response = await self._send("/chat/completions", body, stream=True)
+        response = await self._send("/chat/completions", body)
         gap = self.settings.read_timeout_s
         lines = response.aiter_lines()
         try:
@@ -153,3 +211,19 @@ class Upstream:
         ok = response.status_code == 200
         reason = "ok" if ok else f"model server health answered HTTP {response.status_code}"
         return ok, reason, time.perf_counter() - t0
+
+
+class _Retryable(Exception):
+    def __init__(self, error: HuayuError, reason: str) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.reason = reason
+
+
+async def _read_error(response: httpx.Response) -> bytes:
+    try:
+        return await response.aread()
+    except httpx.HTTPError:
+        return b""
+    finally:
+        await response.aclose()

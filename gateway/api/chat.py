@@ -11,18 +11,18 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import JSONResponse, StreamingResponse
 
-from gateway.api.jobs import make_job
+from gateway.api.jobs import charge_usage, image_source, make_job
 from gateway.deps import Services, services
 from gateway.errors import HuayuError, InvalidRequest
-from gateway.images import decode_image_payload
 from gateway.pipeline import Delta, Result
 from gateway.prompting import caller_request
 from gateway.protocol import ChatCompletionRequest
+from gateway.security import tenant_of
 
 router = APIRouter(tags=["openai"])
 
 
-def _image_bytes(urls: list[str]) -> bytes:
+async def _image_bytes(urls: list[str], svc: Services) -> bytes:
     if not urls:
         raise InvalidRequest(
             "The request has no image. Add a user content part "
@@ -36,14 +36,7 @@ def _image_bytes(urls: list[str]) -> bytes:
             param="messages",
             code="too_many_images",
         )
-    url = urls[0]
-    if url.startswith(("http://", "https://")):
-        raise InvalidRequest(
-            "Image URLs are not accepted by this gateway; send the image as a data URL (data:image/jpeg;base64,...).",
-            param="messages",
-            code="image_url_disabled",
-        )
-    return decode_image_payload(url)
+    return await image_source(urls[0], svc)
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -54,7 +47,7 @@ async def chat_completions(
     text, urls = caller_request(body.messages)
     job = make_job(
         svc,
-        image=_image_bytes(urls),
+        image=await _image_bytes(urls, svc),
         style=body.style or alias_style,
         language=body.language,
         metadata=body.artwork.as_strings() if body.artwork else {},
@@ -65,17 +58,19 @@ async def chat_completions(
         use_cache=body.cache,
         priority=body.priority,
         adapter=adapter,
+        tenant=tenant_of(request),
     )
     request.state.style = job.style.name
     if not body.stream:
         result = await svc.describer.describe(job)
+        charge_usage(request, result)
         return JSONResponse(_completion(result, body.model))
 
     events = svc.describer.stream(job)
     first = await events.__anext__()  # errors before the first event still get their HTTP status
     include_usage = bool((body.stream_options or {}).get("include_usage"))
     return StreamingResponse(
-        _sse(first, events, body.model, include_usage),
+        _sse(first, events, body.model, include_usage, request),
         media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
@@ -126,7 +121,7 @@ def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: st
 
 
 async def _sse(
-    first: Delta | Result, events: AsyncIterator[Delta | Result], model: str, include_usage: bool
+    first: Delta | Result, events: AsyncIterator[Delta | Result], model: str, include_usage: bool, request: Request
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     cid = "chatcmpl-" + uuid.uuid4().hex
@@ -137,6 +132,7 @@ async def _sse(
             if isinstance(event, Delta):
                 yield _chunk(cid, created, model, {"content": event.text})
             else:
+                charge_usage(request, event)
                 final = _chunk(cid, created, model, {}, event.finish_reason)
                 # the last chunk carries huayu's fields beside the OpenAI ones
                 payload = orjson.loads(final[6:])

@@ -6,11 +6,11 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 
-from gateway.api.jobs import make_job
+from gateway.api.jobs import charge_usage, image_source, make_job
 from gateway.deps import Services, services
 from gateway.errors import InvalidRequest
-from gateway.images import decode_image_payload
 from gateway.protocol import PredictRequest, PredictResponse
+from gateway.security import tenant_of
 
 router = APIRouter(tags=["huayu"])
 
@@ -22,7 +22,7 @@ async def predict(
     alias_style, adapter = await svc.catalog.resolve(_predict_model(model, svc))
     job = make_job(
         svc,
-        image=decode_image_payload(body.image),
+        image=await image_source(body.image, svc),
         style=body.style or alias_style,
         language=body.language,
         metadata=body.metadata.as_strings() if body.metadata else {},
@@ -35,9 +35,11 @@ async def predict(
         adapter=adapter,
         crop_borders=body.crop_borders,
         correct_glare=body.correct_glare,
+        tenant=tenant_of(request),
     )
     request.state.style = job.style.name
     result = await svc.describer.describe(job)
+    charge_usage(request, result)
     return PredictResponse.model_validate(result.predict_body())
 
 
@@ -95,7 +97,9 @@ async def describe_upload(
         top_p=top_p,
         use_cache=cache,
         source=file.filename,
+        tenant=tenant_of(request),
     )
     request.state.style = job.style.name
     result = await svc.describer.describe(job)
+    charge_usage(request, result)
     return PredictResponse.model_validate(result.predict_body())

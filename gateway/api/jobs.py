@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from starlette.requests import Request
+
 from gateway.deps import Services
 from gateway.errors import InvalidRequest
-from gateway.images import ImageOptions
-from gateway.pipeline import Job
+from gateway.fetch import ImageFetcher
+from gateway.images import ImageOptions, decode_image_payload
+from gateway.pipeline import Job, Result
 from gateway.prompting import resolve_sampling
 
 
@@ -57,3 +60,24 @@ def make_job(
         source=source,
         adapter=adapter,
     )
+
+
+async def image_source(value: str, svc: Services) -> bytes:
+    """The image bytes a request names: a data URL or base64, or (when allowed) an http(s) URL."""
+    head = value.lstrip()[:16].lower()
+    if head.startswith(("http://", "https://")):
+        return await ImageFetcher(svc.settings).fetch(value.strip())
+    scheme, sep, _ = head.partition(":")
+    if sep and scheme.isalpha() and scheme != "data" and value.lstrip()[len(scheme) + 1 : len(scheme) + 3] == "//":
+        raise InvalidRequest(
+            f"image URL scheme {scheme!r} is not accepted; send a data URL (data:image/jpeg;base64,...)",
+            param="image",
+            code="image_url_refused",
+        )
+    return decode_image_payload(value)
+
+
+def charge_usage(request: Request, result: Result) -> None:
+    """Leaves the tokens a fresh answer used where the per-key token limit charges them (a cached or
+    coalesced answer cost the model server nothing)."""
+    request.state.usage_tokens = 0 if result.cached else int(result.usage.get("total_tokens", 0))

@@ -23,11 +23,15 @@ d, a, f = descriptions.c, artworks.c, feedback.c
 _DESC_COLS = [c for c in descriptions.c if c.name != "messages"] + [a.digest, a.source]
 
 
+# every database's signed 64-bit integer takes this; a larger offset would overflow the driver
+MAX_OFFSET = 2**62
+
+
 def check_paging(limit: int, offset: int) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
         raise Unprocessable(f"limit must be an integer from 1 to {MAX_PAGE}, got {limit!r}.", param="limit")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise Unprocessable(f"offset must be an integer of 0 or more, got {offset!r}.", param="offset")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= MAX_OFFSET:
+        raise Unprocessable(f"offset must be an integer from 0 to {MAX_OFFSET}, got {offset!r}.", param="offset")
 
 
 def check_status(status: str) -> str:

@@ -459,3 +459,10 @@ def test_unusable_urls_are_config_errors() -> None:
     # plain URLs get the async driver of the same server
     assert ResultStore("postgresql://u@h/db").url.drivername == "postgresql+asyncpg"
     assert ResultStore("mysql://u@h/db").url.query["charset"] == "utf8mb4"
+
+
+async def test_an_offset_past_any_integer_column_is_refused(store: ResultStore) -> None:
+    with pytest.raises(Unprocessable, match="offset"):
+        await store.list_descriptions(offset=99999999999999999999)
+    with pytest.raises(Unprocessable, match="offset"):
+        await store.list_artworks(offset=2**63)
