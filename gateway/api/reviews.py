@@ -17,6 +17,8 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.deps import Services, services
 from gateway.errors import ServiceUnavailable
+from gateway.security import tenant_of
+from gateway.security.keys import PUBLIC_TENANT
 from gateway.store import FILENAMES, MEDIA_TYPES, ResultStore
 from gateway.web import page
 from gateway.web.gauges import ReviewGauges
@@ -40,6 +42,12 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 router = APIRouter(tags=["reviews"], lifespan=_lifespan)
 router.include_router(page.router)
+
+
+def tenant_scope(request: Request) -> str | None:
+    """With API keys on, a caller sees only its own tenant's descriptions; with keys off, all."""
+    tenant = tenant_of(request)
+    return None if tenant == PUBLIC_TENANT else tenant
 
 
 def store_of(svc: Services) -> ResultStore:
@@ -85,8 +93,10 @@ async def list_descriptions(
     limit: int = Query(50, description="Page size, 1 to 500."),
     offset: int = 0,
     svc: Services = Depends(services),
+    tenant: str | None = Depends(tenant_scope),
 ) -> dict[str, Any]:
     return await store_of(svc).list_descriptions(
+        tenant=tenant,
         artwork_id=artwork_id,
         style=style,
         status=status,
@@ -99,23 +109,38 @@ async def list_descriptions(
 
 
 @router.get("/v1/descriptions/{description_id}")
-async def get_description(description_id: str, svc: Services = Depends(services)) -> dict[str, Any]:
-    return await store_of(svc).get_description(description_id)
+async def get_description(
+    description_id: str, svc: Services = Depends(services), tenant: str | None = Depends(tenant_scope)
+) -> dict[str, Any]:
+    return await store_of(svc).get_description(description_id, tenant=tenant)
 
 
 @router.post("/v1/descriptions/{description_id}/feedback", status_code=201)
-async def add_feedback(description_id: str, body: FeedbackRequest, svc: Services = Depends(services)) -> dict[str, Any]:
+async def add_feedback(
+    description_id: str,
+    body: FeedbackRequest,
+    svc: Services = Depends(services),
+    tenant: str | None = Depends(tenant_scope),
+) -> dict[str, Any]:
     return await store_of(svc).add_feedback(
-        description_id, body.rating, comment=body.comment, edited_text=body.edited_text, reviewer=body.reviewer
+        description_id,
+        body.rating,
+        comment=body.comment,
+        edited_text=body.edited_text,
+        reviewer=body.reviewer,
+        tenant=tenant,
     )
 
 
 @router.patch("/v1/descriptions/{description_id}")
 async def update_description(
-    description_id: str, body: DescriptionPatch, svc: Services = Depends(services)
+    description_id: str,
+    body: DescriptionPatch,
+    svc: Services = Depends(services),
+    tenant: str | None = Depends(tenant_scope),
 ) -> dict[str, Any]:
     return await store_of(svc).update_description(
-        description_id, status=body.status, text=body.text, reviewer=body.reviewer
+        description_id, status=body.status, text=body.text, reviewer=body.reviewer, tenant=tenant
     )
 
 
@@ -130,9 +155,11 @@ async def export(
     adapter: str | None = None,
     language: str | None = None,
     svc: Services = Depends(services),
+    tenant: str | None = Depends(tenant_scope),
 ) -> StreamingResponse:
     body = await store_of(svc).export(
         fmt,
+        tenant=tenant,
         base_url=str(request.base_url),
         artwork_id=artwork_id,
         style=style,
@@ -157,9 +184,16 @@ async def list_artworks(
     offset: int = 0,
     per_style: int = Query(5, description="Newest descriptions kept per artwork and style, 1 to 100."),
     svc: Services = Depends(services),
+    tenant: str | None = Depends(tenant_scope),
 ) -> dict[str, Any]:
     return await store_of(svc).list_artworks(
-        limit=limit, offset=offset, style=style, status=status, min_rating=min_rating, per_style=per_style
+        limit=limit,
+        offset=offset,
+        style=style,
+        status=status,
+        min_rating=min_rating,
+        per_style=per_style,
+        tenant=tenant,
     )
 
 
@@ -168,21 +202,27 @@ _IMMUTABLE = {"cache-control": "private, max-age=604800, immutable"}
 
 
 @router.get("/v1/artworks/{artwork_id}/thumbnail", response_class=Response)
-async def artwork_thumbnail(artwork_id: str, svc: Services = Depends(services)) -> Response:
-    data = await store_of(svc).get_artwork_thumbnail(artwork_id)
+async def artwork_thumbnail(
+    artwork_id: str, svc: Services = Depends(services), tenant: str | None = Depends(tenant_scope)
+) -> Response:
+    data = await store_of(svc).get_artwork_thumbnail(artwork_id, tenant=tenant)
     return Response(data, media_type="image/jpeg", headers=_IMMUTABLE)
 
 
 @router.get("/v1/artworks/{artwork_id}/image", response_class=Response)
-async def artwork_image(artwork_id: str, svc: Services = Depends(services)) -> Response:
-    data = await store_of(svc).get_artwork_image(artwork_id)
+async def artwork_image(
+    artwork_id: str, svc: Services = Depends(services), tenant: str | None = Depends(tenant_scope)
+) -> Response:
+    data = await store_of(svc).get_artwork_image(artwork_id, tenant=tenant)
     return Response(data, media_type="image/jpeg", headers=_IMMUTABLE)
 
 
 @router.get("/v1/reports/adapters")
-async def adapter_report(request: Request, svc: Services = Depends(services)) -> dict[str, Any]:
-    rows = await store_of(svc).adapter_report()
+async def adapter_report(
+    request: Request, svc: Services = Depends(services), tenant: str | None = Depends(tenant_scope)
+) -> dict[str, Any]:
+    rows = await store_of(svc).adapter_report(tenant=tenant)
     gauges: ReviewGauges | None = getattr(request.app.state, "review_gauges", None)
-    if gauges is not None:
+    if gauges is not None and tenant is None:  # the gauges show the whole deployment
         gauges.update(rows)  # the report was computed anyway: the gauges need not wait for their timer
     return {"object": "list", "data": rows}

@@ -60,9 +60,14 @@ def filters(
     min_rating: float | None = None,
     adapter: str | None = None,
     language: str | None = None,
+    tenant: str | None = None,
 ) -> list[ColumnElement[bool]]:
-    """WHERE clauses for the description filters; bad values raise Unprocessable."""
+    """WHERE clauses for the description filters; bad values raise Unprocessable.
+
+    ``tenant`` confines everything to one tenant's descriptions (None: all, for operators)."""
     where: list[ColumnElement[bool]] = []
+    if tenant is not None:
+        where.append(d.tenant == tenant)
     for name, value, col in (
         ("artwork_id", artwork_id, d.artwork_id),
         ("style", style, d.style),
@@ -244,6 +249,23 @@ async def list_artworks(
     return {"data": list(by_id.values()), "total": int(total), "limit": limit, "offset": offset}
 
 
+async def check_owner(conn: AsyncConnection, id: str, tenant: str | None) -> None:
+    """NotFound unless description ``id`` exists and belongs to ``tenant`` (None: any tenant).
+
+    Another tenant's description answers exactly like a missing one, so ids reveal nothing."""
+    row = (await conn.execute(select(d.tenant).where(d.id == id))).first()
+    if row is None or (tenant is not None and row[0] != tenant):
+        raise NotFound(f"No description with id {id!r}.", param="id")
+
+
+async def check_artwork_owner(conn: AsyncConnection, artwork_id: str, tenant: str | None) -> None:
+    if tenant is None:
+        return
+    found = (await conn.execute(select(d.id).where(d.artwork_id == artwork_id, d.tenant == tenant).limit(1))).first()
+    if found is None:
+        raise NotFound(f"No artwork with id {artwork_id!r}.", param="artwork_id")
+
+
 async def artwork_blob(conn: AsyncConnection, artwork_id: str, column: str) -> bytes:
     row = (await conn.execute(select(artworks.c[column]).where(a.id == artwork_id))).first()
     if row is None:
@@ -253,13 +275,15 @@ async def artwork_blob(conn: AsyncConnection, artwork_id: str, column: str) -> b
     return bytes(row[0])
 
 
-async def adapter_report(conn: AsyncConnection) -> list[dict[str, Any]]:
+async def adapter_report(conn: AsyncConnection, tenant: str | None = None) -> list[dict[str, Any]]:
     approved = func.sum(case((d.status == "approved", 1), else_=0))
     rejected = func.sum(case((d.status == "rejected", 1), else_=0))
     rated = func.sum(case((d.rating_count > 0, 1), else_=0))
     q = select(
         d.adapter, d.style, func.count(), rated, func.sum(d.rating_sum), func.sum(d.rating_count), approved, rejected
     ).group_by(d.adapter, d.style)
+    if tenant is not None:
+        q = q.where(d.tenant == tenant)
     out = []
     for adapter, style, n, n_rated, r_sum, r_count, n_ok, n_no in (await conn.execute(q)).all():
         r_count, n_ok, n_no = int(r_count or 0), int(n_ok or 0), int(n_no or 0)

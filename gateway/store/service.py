@@ -192,17 +192,29 @@ class ResultStore:
         language: str | None = None,
         limit: int = 50,
         offset: int = 0,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
         """``{"data": [description...], "total": n, "limit", "offset"}``, newest first."""
         where = q.filters(
-            artwork_id=artwork_id, style=style, status=status, min_rating=min_rating, adapter=adapter, language=language
+            artwork_id=artwork_id,
+            style=style,
+            status=status,
+            min_rating=min_rating,
+            adapter=adapter,
+            language=language,
+            tenant=tenant,
         )
         q.check_paging(limit, offset)
         return await self._run(lambda c: q.list_descriptions(c, where, limit, offset))
 
-    async def get_description(self, id: str) -> dict[str, Any]:
+    async def get_description(self, id: str, *, tenant: str | None = None) -> dict[str, Any]:
         """One description with its prompt ``messages`` and its ``feedback`` list."""
-        return await self._run(lambda c: q.get_description(c, id))
+
+        async def read(c: AsyncConnection) -> dict[str, Any]:
+            await q.check_owner(c, id, tenant)
+            return await q.get_description(c, id)
+
+        return await self._run(read)
 
     async def add_feedback(
         self,
@@ -211,19 +223,37 @@ class ResultStore:
         comment: str | None = None,
         edited_text: str | None = None,
         reviewer: str | None = None,
+        *,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
         """Store a rating (1-5, whole); an ``edited_text`` becomes the description's final text.
 
         Returns the feedback row plus ``"description"``: the description as it is now.
         """
-        fb = await self._run(lambda c: q.add_feedback(c, id, rating, comment, edited_text, reviewer), write=True)
+
+        async def write(c: AsyncConnection) -> dict[str, Any]:
+            await q.check_owner(c, id, tenant)
+            return await q.add_feedback(c, id, rating, comment, edited_text, reviewer)
+
+        fb = await self._run(write, write=True)
         return {**fb, "description": await self.get_description(id)}
 
     async def update_description(
-        self, id: str, *, status: str | None = None, text: str | None = None, reviewer: str | None = None
+        self,
+        id: str,
+        *,
+        status: str | None = None,
+        text: str | None = None,
+        reviewer: str | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
         """Set the status (draft, approved, rejected) and/or the curator's text; returns the description."""
-        await self._run(lambda c: q.update_description(c, id, status, text, reviewer), write=True)
+
+        async def write(c: AsyncConnection) -> None:
+            await q.check_owner(c, id, tenant)
+            await q.update_description(c, id, status, text, reviewer)
+
+        await self._run(write, write=True)
         return await self.get_description(id)
 
     async def list_artworks(
@@ -235,25 +265,33 @@ class ResultStore:
         status: str | None = None,
         min_rating: float | None = None,
         per_style: int = 5,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
         """The gallery: artworks with a matching description, most recently described first, each
         with ``descriptions`` (those matching the filters, by style, the newest ``per_style`` of each)."""
-        where = q.filters(style=style, status=status, min_rating=min_rating)
+        where = q.filters(style=style, status=status, min_rating=min_rating, tenant=tenant)
         q.check_paging(limit, offset)
         return await self._run(lambda c: q.list_artworks(c, where, limit, offset, per_style))
 
-    async def get_artwork_thumbnail(self, artwork_id: str) -> bytes:
+    async def get_artwork_thumbnail(self, artwork_id: str, *, tenant: str | None = None) -> bytes:
         """The JPEG thumbnail stored with the artwork."""
-        return await self._run(lambda c: q.artwork_blob(c, artwork_id, "thumbnail"))
+        return await self._blob(artwork_id, "thumbnail", tenant)
 
-    async def get_artwork_image(self, artwork_id: str) -> bytes:
+    async def get_artwork_image(self, artwork_id: str, *, tenant: str | None = None) -> bytes:
         """The model-ready JPEG stored with the artwork (NotFound if it was not kept)."""
-        return await self._run(lambda c: q.artwork_blob(c, artwork_id, "image_jpeg"))
+        return await self._blob(artwork_id, "image_jpeg", tenant)
 
-    async def adapter_report(self) -> list[dict[str, Any]]:
+    async def _blob(self, artwork_id: str, column: str, tenant: str | None) -> bytes:
+        async def read(c: AsyncConnection) -> bytes:
+            await q.check_artwork_owner(c, artwork_id, tenant)
+            return await q.artwork_blob(c, artwork_id, column)
+
+        return await self._run(read)
+
+    async def adapter_report(self, *, tenant: str | None = None) -> list[dict[str, Any]]:
         """Per adapter (None: the base model) and style: n, rated, ratings, avg_rating (over all
         ratings), approved, rejected, approval_rate (approved / (approved + rejected))."""
-        return await self._run(q.adapter_report)
+        return await self._run(lambda c: q.adapter_report(c, tenant))
 
     async def export(
         self,
@@ -266,6 +304,7 @@ class ResultStore:
         min_rating: float | None = None,
         adapter: str | None = None,
         language: str | None = None,
+        tenant: str | None = None,
     ) -> AsyncIterator[bytes]:
         """Check the request and read the first page now (so errors are raised before any byte
         is sent), then return the stream. ``base_url`` makes IIIF annotation ids resolvable."""
@@ -273,7 +312,13 @@ class ResultStore:
             raise Unprocessable(f"format must be one of {', '.join(ex.FORMATS)}; got {fmt!r}.", param="format")
         f: ex.Format = fmt  # type: ignore[assignment]
         where = q.filters(
-            artwork_id=artwork_id, style=style, status=status, min_rating=min_rating, adapter=adapter, language=language
+            artwork_id=artwork_id,
+            style=style,
+            status=status,
+            min_rating=min_rating,
+            adapter=adapter,
+            language=language,
+            tenant=tenant,
         )
         where = ex.selection(f, where, status is not None)
         first = await self._run(lambda c: ex.fetch_page(c, f, where, None))

@@ -131,3 +131,26 @@ async def _tenants(url: str, ids: list[str]) -> list[str]:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
+
+
+def test_a_tenant_sees_and_changes_only_its_own_descriptions(gateway: GatewayFactory, tmp_path: Path) -> None:
+    db = f"sqlite+aiosqlite:///{tmp_path / 'review.db'}"
+    a, b = {"authorization": f"Bearer {KEY_A}"}, {"authorization": f"Bearer {KEY_B}"}
+    with gateway(api_keys=KEYS, store_enabled=True, database_url=db) as client:
+        mine = client.post("/v1/models/qwen-vl:predict", json=predict_body(3), headers=a).json()["id"]
+        theirs = client.post("/v1/models/qwen-vl:predict", json=predict_body(4), headers=b).json()["id"]
+        asyncio.run(_tenants(db, [mine, theirs]))  # both written
+        listed = client.get("/v1/descriptions", headers=a).json()
+        assert [d["id"] for d in listed["data"]] == [mine]
+        assert client.get(f"/v1/descriptions/{theirs}", headers=a).status_code == 404
+        assert client.get(f"/v1/descriptions/{mine}", headers=a).status_code == 200
+        assert client.post(f"/v1/descriptions/{theirs}/feedback", json={"rating": 1}, headers=a).status_code == 404
+        assert client.patch(f"/v1/descriptions/{theirs}", json={"status": "rejected"}, headers=a).status_code == 404
+        artworks = client.get("/v1/artworks", headers=a).json()["data"]
+        assert len(artworks) == 1
+        other_art = client.get(f"/v1/descriptions/{theirs}", headers=b).json()["artwork_id"]
+        assert client.get(f"/v1/artworks/{other_art}/thumbnail", headers=a).status_code == 404
+        exported = client.get("/v1/export", params={"format": "jsonl"}, headers=a).text
+        assert mine in exported and theirs not in exported
+        report = client.get("/v1/reports/adapters", headers=b).json()["data"]
+        assert sum(row["n"] for row in report) == 1
