@@ -23,7 +23,6 @@ serving-venv: $(SERVING_VENV)/.installed
 # Debian packages the tests run for real: nginx, Prometheus (deploy/ checks), Chromium (the review page)
 system-deps:
 	bash scripts/install-debs.sh
-	bash scripts/install-browser.sh
 
 run: venv serving-venv
 	$(BIN)/huayu run

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs Debian's nginx and Prometheus for the deployment tests (tests/deploy), only what is missing.
-# Idempotent: does nothing when both are there; runs `apt-get update` at most once, only if needed.
+# Installs the Debian packages the tests run for real, only what is missing: nginx and Prometheus
+# (tests/deploy), Chromium and a CJK font (tests/browser: the review page, its screenshots in Chinese).
+# Idempotent: does nothing when all are there; runs `apt-get update` at most once, only if needed.
+# Never downloads Playwright's own browsers.
 set -eu
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 { command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; } || missing+=(prometheus)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+fc-list :lang=zh family 2>/dev/null | grep -q . || missing+=(fonts-noto-cjk)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1; then SUDO=(sudo); else

@@ -49,7 +49,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: run scripts/install-browser.sh (Debian's chromium package).")
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: run `bash scripts/install-debs.sh` (make test does) (Debian's chromium package).")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         yield b
