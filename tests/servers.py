@@ -7,9 +7,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
+
+from gateway.config import Settings
 
 
 def free_port() -> int:
@@ -37,3 +41,35 @@ def serve(app: Any, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+
+
+class Sim:
+    """Controls a running simulator through its own HTTP API."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client = httpx.Client(base_url=url, timeout=10)
+
+    def configure(self, **patch: Any) -> None:
+        self.client.post("/_sim/config", json=patch).raise_for_status()
+
+    def reset(self) -> None:
+        self.client.post("/_sim/reset").raise_for_status()
+
+    def requests(self, limit: int = 50) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self.client.get("/_sim/requests", params={"limit": limit}).json()["data"]
+        return data
+
+
+def gateway_settings(upstream: str, tmp: Path, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "upstream_url": upstream + "/v1",
+        "upstream_model": "qwen-vl",
+        "database_url": f"sqlite+aiosqlite:///{tmp / 'huayu.db'}",
+        "cache_backend": "memory",
+        "image_workers": 1,
+        "first_byte_timeout_s": 5.0,
+        "read_timeout_s": 5.0,
+    }
+    base.update(overrides)
+    return Settings(**base)

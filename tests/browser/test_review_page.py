@@ -15,9 +15,8 @@ from playwright.sync_api import Browser, ConsoleMessage, Locator, Page, expect, 
 from gateway.app import create_app
 from loadtest.simulator import SimConfig
 from loadtest.simulator import create_app as create_sim
-from tests.gateway.conftest import gateway_settings
 from tests.media import jpeg
-from tests.servers import serve
+from tests.servers import gateway_settings, serve
 
 pytestmark = pytest.mark.browser
 
@@ -49,7 +48,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     if not CHROMIUM.exists():
-        pytest.fail(f"Chromium is missing at {CHROMIUM}: run `bash scripts/install-debs.sh` (make test does) (Debian's chromium package).")
+        pytest.fail(f"Chromium is missing at {CHROMIUM}: run `bash scripts/install-debs.sh` (make test does).")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         yield b

@@ -19,8 +19,7 @@ from gateway.app import create_app
 from loadtest.simulator import SimConfig
 from loadtest.simulator import create_app as create_sim
 from tests.e2e.conftest import vllm_server  # noqa: F401  (shared: one vLLM process per session)
-from tests.gateway.conftest import Sim, gateway_settings
-from tests.servers import serve
+from tests.servers import Sim, gateway_settings, serve
 
 
 def require(binary: str) -> str:

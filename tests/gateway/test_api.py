@@ -13,9 +13,8 @@ import pytest
 from PIL import Image
 
 from gateway.app import create_app
-from tests.gateway.conftest import Sim, gateway_settings
 from tests.media import b64, data_url, encode, jpeg, painting
-from tests.servers import free_port, serve
+from tests.servers import Sim, free_port, gateway_settings, serve
 
 
 def _user(image: bytes, text: str | None = None) -> list[dict[str, object]]:

@@ -24,9 +24,8 @@ from gateway.web.gauges import ReviewGauges
 from gateway.web.labels import LABELS
 from loadtest.simulator import SimConfig
 from loadtest.simulator import create_app as create_sim
-from tests.gateway.conftest import gateway_settings
 from tests.media import b64, jpeg
-from tests.servers import serve
+from tests.servers import gateway_settings, serve
 
 CLOSED_DB = "postgresql+asyncpg://postgres@127.0.0.1:1/x"
 ADAPTER = "museum-v2"

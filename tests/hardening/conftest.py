@@ -14,37 +14,19 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from loadtest.simulator import SimConfig
-from loadtest.simulator import create_app as create_sim
-from tests.gateway.conftest import Sim, gateway_settings
-from tests.servers import free_port, serve
+from tests.servers import free_port, gateway_settings, serve
 
 GatewayFactory = Callable[..., AbstractContextManager[httpx.Client]]
 
 
-@pytest.fixture(scope="session")
-def hard_sim_url() -> Iterator[str]:
-    with serve(create_sim(SimConfig(model="qwen-vl", tokens=24))) as url:
-        yield url
-
-
 @pytest.fixture
-def sim(hard_sim_url: str) -> Iterator[Sim]:
-    s = Sim(hard_sim_url)
-    s.reset()
-    yield s
-    s.reset()
-    s.client.close()
-
-
-@pytest.fixture
-def gateway(hard_sim_url: str, tmp_path: Path) -> GatewayFactory:
+def gateway(sim_url: str, tmp_path: Path) -> GatewayFactory:
     """``with gateway(**settings) as client:`` a real gateway over the simulator, on loopback."""
 
     @contextmanager
     def start(**overrides: Any) -> Iterator[httpx.Client]:
         overrides.setdefault("store_enabled", False)
-        settings = gateway_settings(hard_sim_url, tmp_path, **overrides)
+        settings = gateway_settings(sim_url, tmp_path, **overrides)
         with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as client:
             yield client
 

@@ -9,9 +9,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from tests.gateway.conftest import Sim
 from tests.hardening.conftest import GatewayFactory
 from tests.media import b64, jpeg
+from tests.servers import Sim
 
 
 def _connect(client: httpx.Client) -> socket.socket:

@@ -17,11 +17,10 @@ from sqlalchemy.engine import make_url
 from gateway.app import create_app
 from gateway.errors import HuayuError
 from gateway.store import open_store
-from tests.gateway.conftest import gateway_settings
 from tests.gateway.test_store import create_database, drop_database
 from tests.gateway.test_store_outage import SERVERS, Forwarder
 from tests.media import b64, jpeg
-from tests.servers import serve
+from tests.servers import gateway_settings, serve
 
 
 async def _present(url: str, ids: list[str], timeout: float) -> dict[str, str]:
@@ -49,15 +48,13 @@ async def _write_failures(client: httpx.AsyncClient, timeout: float = 20) -> flo
 
 
 @pytest.mark.slow
-async def test_descriptions_are_served_through_an_outage_and_written_after_it(
-    hard_sim_url: str, tmp_path: Path
-) -> None:
+async def test_descriptions_are_served_through_an_outage_and_written_after_it(sim_url: str, tmp_path: Path) -> None:
     name = f"huayu_test_{uuid.uuid4().hex[:12]}"
     direct = await create_database("postgresql", name)
     fw = Forwarder(SERVERS["postgresql"])
     await fw.resume()
     through = make_url(direct).set(port=fw.port).render_as_string(hide_password=False)
-    settings = gateway_settings(hard_sim_url, tmp_path, database_url=through, cache_backend="off")
+    settings = gateway_settings(sim_url, tmp_path, database_url=through, cache_backend="off")
     server = serve(create_app(settings))
     # the gateway runs in its own thread; this loop keeps running the forwarder meanwhile
     base = await asyncio.to_thread(server.__enter__)

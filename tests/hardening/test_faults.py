@@ -12,9 +12,9 @@ import pytest
 
 from gateway.breaker import CircuitBreaker, FaultMetrics
 from gateway.errors import UpstreamUnavailable
-from tests.gateway.conftest import Sim
 from tests.hardening.conftest import GatewayFactory
 from tests.media import b64, data_url, jpeg
+from tests.servers import Sim
 
 
 def predict(seed: int = 1) -> dict[str, object]:

@@ -18,10 +18,9 @@ from starlette.routing import Route
 from gateway.config import Settings
 from gateway.errors import HuayuError, InvalidRequest, PayloadTooLarge, Unprocessable
 from gateway.fetch import ImageFetcher, address_problem, numeric_host
-from tests.gateway.conftest import Sim
 from tests.hardening.conftest import GatewayFactory
 from tests.media import jpeg
-from tests.servers import serve
+from tests.servers import Sim, serve
 
 IMAGE = jpeg(96, 64, seed=7)
 SEEN_HOSTS: list[str] = []

@@ -13,9 +13,8 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from tests.gateway.conftest import gateway_settings
 from tests.media import b64, encode, jpeg, painting
-from tests.servers import serve
+from tests.servers import gateway_settings, serve
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -79,8 +78,8 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def client(hard_sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    settings = gateway_settings(hard_sim_url, tmp_path_factory.mktemp("hostile"), store_enabled=False)
+def client(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    settings = gateway_settings(sim_url, tmp_path_factory.mktemp("hostile"), store_enabled=False)
     with serve(create_app(settings)) as url, httpx.Client(base_url=url, timeout=30) as c:
         yield c
 

@@ -15,14 +15,13 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
 from gateway.app import create_app
-from tests.gateway.conftest import gateway_settings
-from tests.servers import serve
+from tests.servers import gateway_settings, serve
 
 
 @pytest.fixture(scope="module")
-def live_gateway(hard_sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def live_gateway(sim_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp: Path = tmp_path_factory.mktemp("schema")
-    with serve(create_app(gateway_settings(hard_sim_url, tmp))) as url:
+    with serve(create_app(gateway_settings(sim_url, tmp))) as url:
         yield url
 
 
