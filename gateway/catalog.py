@@ -22,6 +22,7 @@ class ModelCatalog:
         self.ttl_s = ttl_s
         self._listed: list[dict[str, Any]] = []
         self._at = 0.0
+        self._missed_at = 0.0
 
     async def upstream_models(self) -> list[dict[str, Any]]:
         if time.monotonic() - self._at > self.ttl_s:
@@ -45,6 +46,13 @@ class ModelCatalog:
             return (style or None), None
         if head in await self.adapters():
             return (style or None), head
+        if time.monotonic() - self._missed_at > 1.0:
+            # perhaps an adapter loaded moments ago: ask the model server again (at most once a second,
+            # so a stream of unknown names cannot turn into a stream of /v1/models calls)
+            self._missed_at = time.monotonic()
+            self._at = 0.0
+            if head in await self.adapters():
+                return (style or None), head
         raise NotFound(
             f"The model {name!r} does not exist. Use {self.base!r}, an adapter the model server lists, "
             f"or '<model>:<style>' with a style among: {', '.join(self.styles.names())}.",

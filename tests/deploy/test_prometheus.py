@@ -93,24 +93,27 @@ def _query(prom: str, expr: str) -> dict[str, Any]:
     return body
 
 
-def _wait_for_series(prom: str, expr: str, timeout: float = 30) -> list[dict[str, Any]]:
+def _wait_for_series(prom: str, expr: str, timeout: float = 30, count: int = 1) -> list[dict[str, Any]]:
+    """The series of ``expr`` once there are at least ``count`` of them (targets are scraped one by one)."""
     deadline = time.monotonic() + timeout
+    result: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         body = _query(prom, expr)
         assert body["status"] == "success", body
-        if body["data"]["result"]:
-            result: list[dict[str, Any]] = body["data"]["result"]
+        result = body["data"]["result"]
+        if len(result) >= count:
             return result
         time.sleep(0.5)
-    raise AssertionError(f"no series for {expr} within {timeout} s")
+    raise AssertionError(f"{len(result)} series for {expr} within {timeout} s, wanted {count}: {result}")
 
 
 def test_prometheus_scrapes_the_gateways(prometheus: str, stack: Stack) -> None:
     for gateway in stack.gateways:
         assert httpx.get(gateway + "/v1/styles", timeout=10).status_code == 200
-    result = _wait_for_series(prometheus, 'huayu_requests_total{job="gateway",route="/v1/styles"}')
+    expr = 'huayu_requests_total{job="gateway",route="/v1/styles"}'
+    result = _wait_for_series(prometheus, expr, count=len(stack.gateway_hosts))
     assert {r["metric"]["instance"] for r in result} == set(stack.gateway_hosts)
-    up = _wait_for_series(prometheus, "up == 1")
+    up = _wait_for_series(prometheus, "up == 1", count=len(stack.gateway_hosts) + 1)
     assert {r["metric"]["job"] for r in up} == {"gateway", "vllm"}
 
 

@@ -299,3 +299,18 @@ def test_priority_is_forwarded_for_bulk_work(client: httpx.Client, sim: Sim) -> 
     assert sim.requests(1)[0]["priority"] == 10
     assert client.post("/v1/models/qwen-vl:predict", json={**body, "priority": 0}).status_code == 200
     assert "priority" not in sim.requests(1)[0]  # live traffic keeps vLLM's default
+
+
+def test_an_adapter_loaded_moments_ago_is_found(client: httpx.Client, sim: Sim) -> None:
+    assert "fresh-lora" not in {m["id"] for m in client.get("/v1/models").json()["data"]}  # now in the catalog
+    sim.client.post("/v1/load_lora_adapter", json={"lora_name": "fresh-lora", "lora_path": "/adapters/fresh"})
+    body = {
+        "model": "fresh-lora",
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(jpeg(seed=42))}}]}
+        ],
+        "cache": False,
+    }
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 200, r.text
+    assert r.json()["huayu"]["adapter"] == "fresh-lora" and sim.requests(1)[0]["model"] == "fresh-lora"
