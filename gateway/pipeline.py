@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -65,8 +65,7 @@ class Result:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def predict_body(self) -> dict[str, Any]:
-        body = {k: v for k, v in self.__dict__.items() if k != "created"}
-        return body
+        return {k: v for k, v in self.__dict__.items() if k != "created"}
 
 
 @dataclass(frozen=True)
@@ -229,15 +228,15 @@ class Describer:
             result, cached=True, cache={"kind": "coalesced", "distance": 0}, latency_ms=self._elapsed_ms(prep)
         )
 
-    async def _coalesced(self, prep: _Prepared, work: Any) -> Result:
+    async def _coalesced(self, prep: _Prepared, work: Callable[[_Prepared], Awaitable[Result]]) -> Result:
         if not self._cacheable(prep):
-            return await work(prep)  # type: ignore[no-any-return]
+            return await work(prep)
         key = self._flight_key(prep)
         if key in self._flights:
             return await self._join(key, prep)
         future = self._lead(key)
         try:
-            result: Result = await work(prep)
+            result = await work(prep)
         except Exception as e:
             future.set_exception(e)
             future.exception()
