@@ -67,9 +67,10 @@ class ReviewGauges:
             self._registry = None
         pending, self._pending = self._pending, None
         if pending is not None and not pending.done():
-            pending.cancel()
+            # let a refresh in flight finish (the store bounds its queries): cancelling it inside the
+            # database driver can strand a connection that the event loop then waits on forever
             with contextlib.suppress(BaseException):
-                await asyncio.wrap_future(pending)
+                await asyncio.wait_for(asyncio.wrap_future(pending), timeout=10)
 
     def update(self, rows: list[dict[str, Any]]) -> None:
         self.rows = rows
