@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from serving.folders import publish
 
 LANGUAGE_MODEL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 STAMP = ".huayu-lora.json"
@@ -71,20 +70,7 @@ def make_random_adapter(model_dir: Path, out_dir: Path, seed: int, rank: int = 8
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * (B_STD if "lora_B" in name else 0.1))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(str(work), safe_serialization=True)
-        (work / STAMP).write_text(json.dumps(want))
-        work.chmod(0o755)
-        for f in work.iterdir():
-            f.chmod(0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out_dir
+    return publish(out_dir, STAMP, want, lambda work: model.save_pretrained(str(work), safe_serialization=True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from serving.folders import publish
 from serving.presets import IMAGE_SIZE
 
 BUILDER_VERSION = 1
@@ -264,21 +262,7 @@ def build_tiny_model(out_dir: Path, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     if is_built(out_dir, seed):
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # built aside and renamed so that a crash or a concurrent reader never sees half a model
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        _build(work, seed)
-        work.chmod(0o755)  # mkdtemp makes it private; the model is meant to be shared
-        for f in work.iterdir():
-            f.chmod(0o644)
-        (work / STAMP).write_text(json.dumps(_stamp(seed)))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out_dir
+    return publish(out_dir, STAMP, _stamp(seed), lambda work: _build(work, seed))
 
 
 def main(argv: list[str] | None = None) -> int:
