@@ -15,34 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import io
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from openai import AsyncOpenAI
-from PIL import Image
 
 from gateway.batch import BatchConfig, direct_messages, run_batch
 from gateway.styles import StyleRegistry
-
-
-def painting(seed: int, width: int, height: int) -> bytes:
-    """A distinct painting-like JPEG per seed: smooth colour fields and a few blobs."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = np.empty((height, width, 3), np.float32)
-    for c in range(3):
-        fx, fy, ph = rng.uniform(0.5, 4), rng.uniform(0.5, 4), rng.uniform(0, 6.28)
-        img[..., c] = 127 + 100 * np.sin(fx * x / width * 6.28 + ph) * np.cos(fy * y / height * 6.28)
-    for _ in range(5):
-        cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(0.05, 0.3) * min(width, height)
-        img[((x - cx) ** 2 + (y - cy) ** 2) < r * r] = rng.uniform(0, 255, 3)
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB").save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+from loadtest.images import painting
 
 
 def make_set(folder: Path, seeds: range, size: tuple[int, int]) -> list[Path]:
@@ -50,7 +32,7 @@ def make_set(folder: Path, seeds: range, size: tuple[int, int]) -> list[Path]:
     paths = []
     for seed in seeds:
         path = folder / f"img{seed:05d}.jpg"
-        path.write_bytes(painting(seed, *size))
+        path.write_bytes(painting(size[0], size[1], seed))
         paths.append(path)
     return paths
 
