@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway.api import chat, describe, meta, reviews
+from gateway.api.body import document_bodies
 from gateway.breaker import FaultMetrics
 from gateway.cache import CacheMetrics, build_cache
 from gateway.catalog import ModelCatalog
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(describe.router)
     app.include_router(reviews.router)
+    document_bodies(app)
     # added first, so it runs inside GatewayMiddleware: admission and the body limit come before keys
     app.add_middleware(
         SecurityMiddleware,

@@ -33,6 +33,6 @@ class Services:
     store: ResultStore | None
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     svc: Services = request.app.state.services
     return svc

@@ -82,6 +82,7 @@ class _Prepared:
     model: str
     adapter: str | None
     started: float
+    data_url: str
 
 
 class Describer:
@@ -107,7 +108,8 @@ class Describer:
         self.store = store
         self.safety_metrics = safety_metrics
         self._flights: dict[str, asyncio.Future[Result]] = {}
-        self._memo: OrderedDict[bytes, PreparedImage] = OrderedDict()
+        # the prepared image and its data URL (base64 of ~100 KB is worth keeping too)
+        self._memo: OrderedDict[bytes, tuple[PreparedImage, str]] = OrderedDict()
 
     # ---- the public entry points -------------------------------------------------------
 
@@ -150,9 +152,9 @@ class Describer:
     async def _prepare(self, job: Job) -> _Prepared:
         started = time.perf_counter()
         options = job.options or ImageOptions.from_settings(self.settings)
-        image = await self._image(job.image, options)
+        image, data_url = await self._image(job.image, options)
         canary = self.safety.canary if self.safety else ""
-        messages = build_messages(job.style, job.language, image.data_url(), job.metadata, job.request, canary)
+        messages = build_messages(job.style, job.language, data_url, job.metadata, job.request, canary)
         adapter = job.adapter or job.style.adapter or None
         model = adapter or self.settings.upstream_model
         scope = cache_scope(
@@ -166,13 +168,14 @@ class Describer:
             request=job.request,
             options=(options.crop_borders, options.correct_glare),
         )
-        return _Prepared(job, image, messages, scope, model, adapter, started)
+        return _Prepared(job, image, messages, scope, model, adapter, started, data_url)
 
-    async def _image(self, data: bytes, options: ImageOptions) -> PreparedImage:
+    async def _image(self, data: bytes, options: ImageOptions) -> tuple[PreparedImage, str]:
         """The model-ready image; an upload seen moments ago (several styles of one artwork, a retry)
         is taken from a small memo instead of being decoded again."""
         if len(data) > _MEMO_MAX_BYTES or self.settings.image_memo_entries <= 0:
-            return await self.images.prepare(data, options)
+            image = await self.images.prepare(data, options)
+            return image, image.data_url()
         h = hashlib.blake2b(repr(options).encode(), digest_size=16)
         h.update(data)
         key = h.digest()
@@ -181,10 +184,10 @@ class Describer:
             self._memo.move_to_end(key)
             return hit
         image = await self.images.prepare(data, options)
-        self._memo[key] = image
+        self._memo[key] = entry = (image, image.data_url())
         while len(self._memo) > self.settings.image_memo_entries:
             self._memo.popitem(last=False)
-        return image
+        return entry
 
     def _cacheable(self, prep: _Prepared) -> bool:
         return self.cache is not None and prep.job.use_cache and prep.job.style.cache
@@ -281,7 +284,7 @@ class Describer:
             strict = build_messages(
                 prep.job.style,
                 lang,
-                prep.image.data_url(),
+                prep.data_url,
                 prep.job.metadata,
                 prep.job.request,
                 self.safety.canary,

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
-from starlette.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Request
+from starlette.responses import Response, StreamingResponse
 
+from gateway.api.body import json_body, read_json
 from gateway.api.jobs import charge_usage, image_source, make_job
-from gateway.deps import Services, services
+from gateway.deps import Services
 from gateway.errors import HuayuError, InvalidRequest
 from gateway.pipeline import Delta, Result
 from gateway.prompting import caller_request
@@ -39,10 +40,10 @@ async def _image_bytes(urls: list[str], svc: Services) -> bytes:
     return await image_source(urls[0], svc)
 
 
-@router.post("/v1/chat/completions", response_model=None)
-async def chat_completions(
-    body: ChatCompletionRequest, request: Request, svc: Services = Depends(services)
-) -> JSONResponse | StreamingResponse:
+@router.post("/v1/chat/completions", response_model=None, openapi_extra=json_body(ChatCompletionRequest))
+async def chat_completions(request: Request) -> Response:
+    body = await read_json(request, ChatCompletionRequest)
+    svc: Services = request.app.state.services
     alias_style, adapter = await svc.catalog.resolve(body.model)
     text, urls = caller_request(body.messages)
     job = make_job(
@@ -64,7 +65,7 @@ async def chat_completions(
     if not body.stream:
         result = await svc.describer.describe(job)
         charge_usage(request, result)
-        return JSONResponse(_completion(result, body.model))
+        return Response(orjson.dumps(_completion(result, body.model)), media_type="application/json")
 
     events = svc.describer.stream(job)
     first = await events.__anext__()  # errors before the first event still get their HTTP status

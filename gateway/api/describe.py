@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from starlette.responses import Response
 
+from gateway.api.body import json_body, read_json
 from gateway.api.jobs import charge_usage, image_source, make_job
 from gateway.deps import Services, services
 from gateway.errors import InvalidRequest
@@ -15,10 +17,10 @@ from gateway.security import tenant_of
 router = APIRouter(tags=["huayu"])
 
 
-@router.post("/v1/models/{model}:predict", response_model=PredictResponse)
-async def predict(
-    model: str, body: PredictRequest, request: Request, svc: Services = Depends(services)
-) -> PredictResponse:
+@router.post("/v1/models/{model}:predict", response_model=PredictResponse, openapi_extra=json_body(PredictRequest))
+async def predict(model: str, request: Request) -> Response:
+    body = await read_json(request, PredictRequest)
+    svc: Services = request.app.state.services
     alias_style, adapter = await svc.catalog.resolve(_predict_model(model, svc))
     job = make_job(
         svc,
@@ -40,7 +42,8 @@ async def predict(
     request.state.style = job.style.name
     result = await svc.describer.describe(job)
     charge_usage(request, result)
-    return PredictResponse.model_validate(result.predict_body())
+    answer = PredictResponse.model_validate(result.predict_body())
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 def _predict_model(model: str, svc: Services) -> str:

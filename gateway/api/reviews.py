@@ -44,7 +44,7 @@ router = APIRouter(tags=["reviews"], lifespan=_lifespan)
 router.include_router(page.router)
 
 
-def tenant_scope(request: Request) -> str | None:
+async def tenant_scope(request: Request) -> str | None:
     """With API keys on, a caller sees only its own tenant's descriptions; with keys off, all."""
     tenant = tenant_of(request)
     return None if tenant == PUBLIC_TENANT else tenant
