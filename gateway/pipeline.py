@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway.cache import CacheHit, DescriptionCache
 from gateway.config import Settings
-from gateway.images import ImageOptions, ImageWorker, PreparedImage
+from gateway.images import ImageOptions, ImageWorker, PreparedImage, decode_image_payload
 from gateway.metrics import GatewayMetrics
 from gateway.prompting import Sampling, build_messages, cache_scope
 from gateway.safety import GuardClient, SafetyFilter, SafetyMetrics, Verdict, apply_guard
@@ -27,13 +27,22 @@ from gateway.store import DescriptionRecord, ResultStore, new_description_id
 from gateway.styles import Style
 from gateway.upstream import Upstream
 
-# uploads up to this size are hashed on the event loop for the memo (about 1 ms per 4 MB)
-_MEMO_MAX_BYTES = 4 * 1024 * 1024
+# uploads up to this size (as sent: base64 text counts) are hashed on the event loop for the memo
+# (about 1 ms per 4 MB)
+_MEMO_MAX_BYTES = 6 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image as the request carried it (base64 or a data URL). It is decoded only when the memo
+    has not seen the same text: a repeat upload skips the decoding (~0.2 ms per 100 KB)."""
+
+    text: str
 
 
 @dataclass
 class Job:
-    image: bytes
+    image: bytes | EncodedImage
     style: Style
     language: str
     sampling: Sampling
@@ -170,20 +179,23 @@ class Describer:
         )
         return _Prepared(job, image, messages, scope, model, adapter, started, data_url)
 
-    async def _image(self, data: bytes, options: ImageOptions) -> tuple[PreparedImage, str]:
+    async def _image(self, source: bytes | EncodedImage, options: ImageOptions) -> tuple[PreparedImage, str]:
         """The model-ready image; an upload seen moments ago (several styles of one artwork, a retry)
         is taken from a small memo instead of being decoded again."""
-        if len(data) > _MEMO_MAX_BYTES or self.settings.image_memo_entries <= 0:
-            image = await self.images.prepare(data, options)
+        # the memo knows an upload by what the request carried: text is hashed as it came
+        seen = source.text.encode("utf-8", "surrogatepass") if isinstance(source, EncodedImage) else source
+        if len(seen) > _MEMO_MAX_BYTES or self.settings.image_memo_entries <= 0:
+            image = await self.images.prepare(_raw(source), options)
             return image, image.data_url()
         h = hashlib.blake2b(repr(options).encode(), digest_size=16)
-        h.update(data)
+        h.update(b"b64:" if isinstance(source, EncodedImage) else b"raw:")
+        h.update(seen)
         key = h.digest()
         hit = self._memo.get(key)
         if hit is not None:
             self._memo.move_to_end(key)
             return hit
-        image = await self.images.prepare(data, options)
+        image = await self.images.prepare(_raw(source), options)
         self._memo[key] = entry = (image, image.data_url())
         while len(self._memo) > self.settings.image_memo_entries:
             self._memo.popitem(last=False)
@@ -418,6 +430,10 @@ class Describer:
     @staticmethod
     def _elapsed_ms(prep: _Prepared) -> float:
         return round((time.perf_counter() - prep.started) * 1000, 2)
+
+
+def _raw(source: bytes | EncodedImage) -> bytes:
+    return decode_image_payload(source.text) if isinstance(source, EncodedImage) else source
 
 
 def _usage(raw: Any) -> dict[str, int]:

@@ -15,7 +15,7 @@ from gateway.api.body import json_body, read_json
 from gateway.api.jobs import charge_usage, image_source, make_job
 from gateway.deps import Services
 from gateway.errors import HuayuError, InvalidRequest
-from gateway.pipeline import Delta, Result
+from gateway.pipeline import Delta, EncodedImage, Result
 from gateway.prompting import caller_request
 from gateway.protocol import ChatCompletionRequest
 from gateway.security import tenant_of
@@ -23,7 +23,7 @@ from gateway.security import tenant_of
 router = APIRouter(tags=["openai"])
 
 
-async def _image_bytes(urls: list[str], svc: Services) -> bytes:
+async def _image_source(urls: list[str], svc: Services) -> bytes | EncodedImage:
     if not urls:
         raise InvalidRequest(
             "The request has no image. Add a user content part "
@@ -48,7 +48,7 @@ async def chat_completions(request: Request) -> Response:
     text, urls = caller_request(body.messages)
     job = make_job(
         svc,
-        image=await _image_bytes(urls, svc),
+        image=await _image_source(urls, svc),
         style=body.style or alias_style,
         language=body.language,
         metadata=body.artwork.as_strings() if body.artwork else {},

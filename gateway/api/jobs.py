@@ -7,15 +7,15 @@ from starlette.requests import Request
 from gateway.deps import Services
 from gateway.errors import InvalidRequest
 from gateway.fetch import ImageFetcher
-from gateway.images import ImageOptions, decode_image_payload
-from gateway.pipeline import Job, Result
+from gateway.images import ImageOptions
+from gateway.pipeline import EncodedImage, Job, Result
 from gateway.prompting import resolve_sampling
 
 
 def make_job(
     svc: Services,
     *,
-    image: bytes,
+    image: bytes | EncodedImage,
     style: str | None,
     language: str | None,
     metadata: dict[str, str],
@@ -62,8 +62,9 @@ def make_job(
     )
 
 
-async def image_source(value: str, svc: Services) -> bytes:
-    """The image bytes a request names: a data URL or base64, or (when allowed) an http(s) URL."""
+async def image_source(value: str, svc: Services) -> bytes | EncodedImage:
+    """The image a request names: a data URL or base64 (decoded in the pipeline, unless its memo
+    knows the text), or (when allowed) an http(s) URL, fetched here."""
     head = value.lstrip()[:16].lower()
     if head.startswith(("http://", "https://")):
         return await ImageFetcher(svc.settings).fetch(value.strip())
@@ -74,7 +75,7 @@ async def image_source(value: str, svc: Services) -> bytes:
             param="image",
             code="image_url_refused",
         )
-    return decode_image_payload(value)
+    return EncodedImage(value)
 
 
 def charge_usage(request: Request, result: Result) -> None:

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Container
 from dataclasses import dataclass, field
 
 from sqlalchemy import bindparam, func, update
@@ -30,6 +31,7 @@ log = logging.getLogger("huayu.store")
 
 # a record that fails this many times while the database is up is a bad record, not an outage
 MAX_REJECTIONS = 3
+STORED_MEMORY = 10_000  # artworks remembered as stored with their image
 
 
 @dataclass(slots=True)
@@ -45,6 +47,9 @@ class Writer:
     ensure_schema: Callable[[], Awaitable[None]]
     queue_size: int = 10_000
     batch_size: int = 200
+    # a record waits this long for others to share its transaction: at a few requests a second, one
+    # write per request would cost the event loop more than the requests themselves
+    linger_s: float = 0.05
     min_backoff_s: float = 0.2
     max_backoff_s: float = 30.0
     queue: asyncio.Queue[DescriptionRecord] = field(init=False)
@@ -52,6 +57,8 @@ class Writer:
     closing: bool = field(init=False, default=False)  # write what is left, then return
     stopped: bool = field(init=False, default=False)  # return now (close() ran out of time)
     wake: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    # artworks this writer has stored with their image: later descriptions need not send it again
+    stored: OrderedDict[str, None] = field(init=False, default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
         self.queue = asyncio.Queue(self.queue_size)
@@ -77,6 +84,8 @@ class Writer:
                 if self.closing and self.queue.empty():
                     return
                 self.held.append(_Held(await self.queue.get()))
+                if self.linger_s > 0 and self.queue.qsize() + 1 < self.batch_size:
+                    await self._linger()
                 while len(self.held) < self.batch_size and not self.queue.empty():
                     self.held.append(_Held(self.queue.get_nowait()))
             schema_ok = False
@@ -102,6 +111,12 @@ class Writer:
                 continue
             delay = self.min_backoff_s
 
+    async def _linger(self) -> None:
+        # close() sets the event: then the batch goes at once (the event is left set for _sleep)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.linger_s):
+                await self.wake.wait()
+
     async def _sleep(self, seconds: float) -> None:
         # close() sets the event: one last attempt now instead of after a long backoff
         # (asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel from close())
@@ -112,12 +127,26 @@ class Writer:
 
     async def _write_all(self) -> None:
         start = time.perf_counter()
-        async with self.engine.begin() as conn:
-            await write_batch(conn, [h.rec for h in self.held])
+        recs = [h.rec for h in self.held]
+        try:
+            async with self.engine.begin() as conn:
+                await write_batch(conn, recs, self.stored)
+        except Exception:
+            self.stored.clear()  # whatever failed, send every artwork in full next time
+            raise
+        self._remember(recs)
         self.metrics.write_seconds.observe(time.perf_counter() - start)
         self.metrics.written.inc(len(self.held))
         self.held = []
         self._gauge()
+
+    def _remember(self, recs: list[DescriptionRecord]) -> None:
+        for r in recs:
+            if r.image_jpeg is not None:
+                self.stored[r.artwork_digest] = None
+                self.stored.move_to_end(r.artwork_digest)
+        while len(self.stored) > STORED_MEMORY:
+            self.stored.popitem(last=False)
 
     async def _write_one_by_one(self) -> None:
         kept: list[_Held] = []
@@ -150,29 +179,34 @@ def _insert_ignore(conn: AsyncConnection, table: object) -> Insert:
     return sqlite.insert(table).on_conflict_do_nothing()  # type: ignore[arg-type]
 
 
-async def write_batch(conn: AsyncConnection, recs: list[DescriptionRecord]) -> None:
-    """Insert the artworks (once per digest) and descriptions; writing the same batch twice is harmless."""
+async def write_batch(
+    conn: AsyncConnection, recs: list[DescriptionRecord], stored: Container[str] = frozenset()
+) -> None:
+    """Insert the artworks (once per digest) and descriptions; writing the same batch twice is harmless.
+    ``stored``: digests of artworks known to be in the database with their image already."""
     now = utcnow()
     arts: dict[str, DescriptionRecord] = {}
     for r in recs:
         arts.setdefault(r.artwork_digest, r)
-    await conn.execute(
-        _insert_ignore(conn, artworks),
-        [
-            {
-                "id": artwork_id(r.artwork_digest),
-                "digest": r.artwork_digest,
-                "phash": f"{r.phash:016x}",
-                "source": r.source,
-                "meta": dict(r.metadata),
-                "thumbnail": r.thumbnail,
-                "image_jpeg": r.image_jpeg,
-                "created_at": r.created_at,
-                "updated_at": r.created_at,
-            }
-            for r in arts.values()
-        ],
-    )
+    new = [r for d, r in arts.items() if d not in stored]
+    if new:
+        await conn.execute(
+            _insert_ignore(conn, artworks),
+            [
+                {
+                    "id": artwork_id(r.artwork_digest),
+                    "digest": r.artwork_digest,
+                    "phash": f"{r.phash:016x}",
+                    "source": r.source,
+                    "meta": dict(r.metadata),
+                    "thumbnail": r.thumbnail,
+                    "image_jpeg": r.image_jpeg,
+                    "created_at": r.created_at,
+                    "updated_at": r.created_at,
+                }
+                for r in new
+            ],
+        )
     # an artwork first seen without its image or source gets them from a later description
     await conn.execute(
         update(artworks)
@@ -182,7 +216,10 @@ async def write_batch(conn: AsyncConnection, recs: list[DescriptionRecord]) -> N
             image_jpeg=func.coalesce(artworks.c.image_jpeg, bindparam("b_img", type_=Blob)),
             source=func.coalesce(artworks.c.source, bindparam("b_src")),
         ),
-        [{"b_id": artwork_id(d), "b_at": now, "b_img": r.image_jpeg, "b_src": r.source} for d, r in arts.items()],
+        [
+            {"b_id": artwork_id(d), "b_at": now, "b_img": None if d in stored else r.image_jpeg, "b_src": r.source}
+            for d, r in arts.items()
+        ],
     )
     await conn.execute(
         _insert_ignore(conn, descriptions),
