@@ -2,8 +2,9 @@
 
     python -m loadtest.hammer SPEC.json      # prints one JSON object of figures
 
-SPEC: ``url``, ``body_file``, ``headers``, ``stream``, and either ``concurrency`` (closed loop: each
-connection sends its next request when the last one ends) or ``rate`` (open loop: requests start
+SPEC: ``url``, ``body_file`` (or ``body_files``, sent in turn), ``headers``, ``stream``, and either
+``concurrency`` (closed loop: each connection sends its next request when the last one ends) or
+``rate`` (open loop: requests start
 on a fixed schedule, timed from their scheduled start so a slow server cannot hide its queue),
 with ``seconds`` and ``max_requests`` bounding the run and ``warmup`` requests sent first.
 """
@@ -25,7 +26,10 @@ from loadtest.metrics import StreamReader, percentile
 class _Run:
     def __init__(self, spec: dict[str, Any]) -> None:
         self.url: str = spec["url"]
-        self.body = Path(spec["body_file"]).read_bytes()
+        files = spec.get("body_files") or [spec["body_file"]]
+        self.bodies = [Path(f).read_bytes() for f in files]
+        self.sent = 0
+        self.cached = 0  # answers that say they came from huayu's cache
         self.headers = {"content-type": "application/json", **spec.get("headers", {})}
         self.stream = bool(spec.get("stream"))
         self.timeout = aiohttp.ClientTimeout(total=float(spec.get("timeout_s", 30)))
@@ -36,8 +40,10 @@ class _Run:
     async def one(self, session: aiohttp.ClientSession, started: float, record: bool = True) -> None:
         error = None
         ttft = None
+        body = self.bodies[self.sent % len(self.bodies)]
+        self.sent += 1
         try:
-            async with session.post(self.url, data=self.body, headers=self.headers, timeout=self.timeout) as r:
+            async with session.post(self.url, data=body, headers=self.headers, timeout=self.timeout) as r:
                 if r.status != 200:
                     await r.read()
                     error = f"HTTP {r.status}"
@@ -48,9 +54,11 @@ class _Run:
                     result = reader.close()
                     error, ttft = result.error, result.ttft_ms
                 else:
-                    body = await r.read()
-                    if b'"choices"' not in body:
+                    answer = await r.read()
+                    if b'"choices"' not in answer:
                         error = "no choices in the answer"
+                    elif record and b'"cached":true' in answer:
+                        self.cached += 1
         except (aiohttp.ClientError, TimeoutError) as e:
             error = type(e).__name__
         if not record:
@@ -72,6 +80,7 @@ class _Run:
             "error_rate": n_err / total if total else 0.0,
             "wall_s": wall_s,
             "rps": len(self.e2e) / wall_s if wall_s else 0.0,
+            "cached": self.cached,
         }
         for name, values in (("e2e_ms", self.e2e), ("ttft_ms", self.ttft)):
             out[name] = {f"p{q}": percentile(values, q) for q in (50, 95, 99)}
