@@ -187,10 +187,10 @@ class Describer:
         if len(seen) > _MEMO_MAX_BYTES or self.settings.image_memo_entries <= 0:
             image = await self.images.prepare(_raw(source), options)
             return image, image.data_url()
-        h = hashlib.blake2b(repr(options).encode(), digest_size=16)
+        h = hashlib.sha256(repr(options).encode())  # SHA extensions: faster than BLAKE2b here
         h.update(b"b64:" if isinstance(source, EncodedImage) else b"raw:")
         h.update(seen)
-        key = h.digest()
+        key = h.digest()[:16]
         hit = self._memo.get(key)
         if hit is not None:
             self._memo.move_to_end(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import struct
 import zlib
@@ -17,7 +18,16 @@ from PIL import Image, ImageCms, ImageOps
 from gateway.cache.fingerprint import hamming, same_artwork
 from gateway.config import Settings
 from gateway.errors import InvalidRequest, PayloadTooLarge, Unprocessable, UnsupportedMedia
-from gateway.images import ImageOptions, ImageWorker, PreparedImage, decode_image_payload, prepare_image, target_size
+from gateway.images import (
+    ImageOptions,
+    ImageWorker,
+    PreparedImage,
+    decode_image_payload,
+    pixel_digest,
+    prepare_image,
+    target_size,
+)
+from gateway.images.source import dct_size
 from tests.gateway.imageset import sk
 
 OPTS = ImageOptions(max_bytes=30 * 1024 * 1024, max_pixels=120_000_000)
@@ -80,6 +90,29 @@ def test_large_jpeg_to_model_image(photo: np.ndarray) -> None:
     thumb = Image.open(io.BytesIO(p.thumbnail))
     assert thumb.format == "JPEG" and max(thumb.size) == 256
     assert len(p.digest) == 32 and 0 <= p.phash < 2**64 and p.signature
+
+
+@pytest.mark.parametrize(
+    ("size", "target", "decoded"),
+    [
+        ((4000, 3000), (1024, 768), (1000, 750)),  # 1/4 and a 2.4% upscale, not 3/8 (1500x1125)
+        ((4032, 3024), (1024, 768), (1008, 756)),
+        ((3264, 2448), (1024, 768), (1224, 918)),  # 1/4 would fall 20% short: 3/8
+        ((2048, 1536), (1024, 768), (1024, 768)),  # 1/2 exactly
+        ((4000, 3000), (960, 704), (1000, 750)),  # covers the target: no upscale at all
+        ((1024, 768), (1024, 768), (1024, 768)),
+    ],
+)
+def test_jpeg_dct_scale(size: tuple[int, int], target: tuple[int, int], decoded: tuple[int, int]) -> None:
+    assert dct_size(size, target) == decoded
+
+
+def test_digest_is_the_pixels_key_as_stored(photo: np.ndarray) -> None:
+    # the artwork's identity in the results store and the exact cache key: it must not drift
+    rgb = np.ascontiguousarray(photo[:288, :448])
+    want = hashlib.sha256(repr(rgb.shape).encode() + rgb.tobytes()).hexdigest()[:32]
+    assert pixel_digest(rgb) == want
+    assert prepare_image(encode(rgb, "PNG"), OPTS).digest == want
 
 
 def test_small_image_is_not_upscaled(photo: np.ndarray) -> None:
@@ -187,7 +220,7 @@ def test_alpha_and_palette_over_white() -> None:
     assert (out[:, 40:] > 245).all()
 
 
-def _adobe_rgb_profile() -> bytes:
+def adobe_rgb_profile() -> bytes:
     """A minimal ICC v2 matrix/TRC profile with Adobe RGB (1998) primaries, gamma 2.2."""
 
     def xyz(x: float, y: float, z: float) -> bytes:
@@ -219,7 +252,7 @@ def _adobe_rgb_profile() -> bytes:
 
 
 def test_adobe_rgb_profile_converted_to_srgb(photo: np.ndarray) -> None:
-    icc = _adobe_rgb_profile()
+    icc = adobe_rgb_profile()
     data = encode(photo, "PNG", icc_profile=icc)
     p = prepare_image(data, OPTS)
     src = ImageCms.ImageCmsProfile(io.BytesIO(icc))

@@ -95,7 +95,8 @@ def test_hostile_upload_gets_a_clear_4xx(client: httpx.Client, name: str, data: 
 
 def test_a_jpeg_zip_polyglot_is_described_as_the_jpeg_it_starts_with(client: httpx.Client) -> None:
     r = client.post("/v1/models/qwen-vl:predict", json={"image": b64(jpeg_zip_polyglot()), "cache": False})
-    assert r.status_code == 200, r.text  # the trailing archive is never read; the model gets a re-encoded JPEG
+    # the trailing archive is never read; the model gets the JPEG rebuilt from its coding segments
+    assert r.status_code == 200, r.text
 
 
 def test_the_gateway_still_serves_after_the_hostile_uploads(client: httpx.Client) -> None:

@@ -1,0 +1,189 @@
+"""``prepare_image``: an upload's bytes to the model-ready JPEG and the keys the cache looks it up by,
+readable top to bottom."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import simplejpeg
+from PIL import Image
+
+from gateway.cache.fingerprint import content_box, fingerprint
+from gateway.config import Settings
+from gateway.errors import InvalidRequest, PayloadTooLarge, Unprocessable
+from gateway.images.colour import correct_glare, needs_conversion, to_srgb
+from gateway.images.geometry import orient, resize, shrink, target_size
+from gateway.images.passthrough import strip_model_ready
+from gateway.images.source import decode, exif_orientation, open_image
+
+THUMBNAIL_EDGE = 256
+THUMBNAIL_QUALITY = 80
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    max_bytes: int
+    max_pixels: int
+    max_edge: int = 1024
+    jpeg_quality: int = 90
+    crop_borders: bool = False
+    correct_glare: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_edge < 32 or not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("max_edge must be at least 32 and jpeg_quality within 1..100")
+
+    @classmethod
+    def from_settings(
+        cls, s: Settings, *, crop_borders: bool | None = None, correct_glare: bool | None = None
+    ) -> ImageOptions:
+        return cls(
+            max_bytes=s.max_image_bytes,
+            max_pixels=s.max_image_pixels,
+            max_edge=s.image_max_edge,
+            jpeg_quality=s.jpeg_quality,
+            crop_borders=s.crop_borders if crop_borders is None else crop_borders,
+            correct_glare=s.correct_glare if correct_glare is None else correct_glare,
+        )
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    jpeg: bytes
+    width: int
+    height: int
+    source_format: str
+    source_width: int
+    source_height: int
+    digest: str
+    phash: int
+    signature: bytes
+    thumbnail: bytes
+
+    def data_url(self) -> str:
+        return "data:image/jpeg;base64," + base64.b64encode(self.jpeg).decode("ascii")
+
+
+class _Laps:
+    """Seconds per step into ``steps`` when the caller asked for them (the benchmark does)."""
+
+    def __init__(self, steps: dict[str, float] | None) -> None:
+        self.steps = steps
+        self.last = time.perf_counter() if steps is not None else 0.0
+
+    def __call__(self, name: str) -> None:
+        if self.steps is not None:
+            now = time.perf_counter()
+            self.steps[name] = self.steps.get(name, 0.0) + now - self.last
+            self.last = now
+
+
+def prepare_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | None = None) -> PreparedImage:
+    """``steps``, when given, receives the seconds spent in each step, by name."""
+    lap = _Laps(steps)
+    if len(data) > opts.max_bytes:
+        raise PayloadTooLarge(f"image is {len(data)} bytes; the limit is {opts.max_bytes} bytes")
+    if not data:
+        raise InvalidRequest("image is empty")
+    im = open_image(data, opts.max_pixels)
+    w, h = im.size
+    if w * h > opts.max_pixels:
+        raise PayloadTooLarge(f"image is {w}x{h} = {w * h} pixels; the limit is {opts.max_pixels} pixels")
+    if min(w, h) < 32:
+        raise Unprocessable(f"image is {w}x{h} pixels; each side must be at least 32 pixels")
+    orientation = exif_orientation(im)
+    turned = orientation in (5, 6, 7, 8)
+    tw, th = target_size(*((h, w) if turned else (w, h)), opts.max_edge)
+    raw_target = (th, tw) if turned else (tw, th)
+    icc = im.info.get("icc_profile")
+    ready = _model_ready(data, im, opts, orientation, raw_target)
+    lap("header")
+
+    pixels = _decode_strictly(ready) if ready is not None else None
+    if pixels is None:
+        ready = None
+        arr, mode = decode(data, im, raw_target)
+    else:
+        arr, mode = pixels, "RGB"
+    lap("decode")
+    aspect = w / h
+    if opts.crop_borders:
+        x0, y0, x1, y1 = content_box(arr)
+        if (x1 - x0, y1 - y0) != (arr.shape[1], arr.shape[0]):
+            sx, sy = w / arr.shape[1], h / arr.shape[0]
+            arr = arr[y0:y1, x0:x1]
+            cw, ch = max(32, round((x1 - x0) * sx)), max(32, round((y1 - y0) * sy))
+            aspect = cw / ch
+            tw, th = target_size(*((ch, cw) if turned else (cw, ch)), opts.max_edge)
+            raw_target = (th, tw) if turned else (tw, th)
+    arr = resize(arr, raw_target)
+    lap("resize")
+    rgb = orient(to_srgb(arr, mode, icc), orientation)
+    if opts.correct_glare:
+        rgb = correct_glare(rgb)
+    lap("colour")
+
+    jpeg = ready if ready is not None else _encode(rgb, opts.jpeg_quality)
+    lap("encode")
+    fp = fingerprint(rgb, aspect=1 / aspect if turned else aspect)
+    lap("fingerprint")
+    thumbnail = _encode(fp.thumbnail if fp.thumbnail is not None else shrink(rgb, THUMBNAIL_EDGE), THUMBNAIL_QUALITY)
+    lap("thumbnail")
+    digest = pixel_digest(rgb)
+    lap("digest")
+    return PreparedImage(
+        jpeg=jpeg,
+        width=rgb.shape[1],
+        height=rgb.shape[0],
+        source_format=str(im.format),
+        source_width=w,
+        source_height=h,
+        digest=digest,
+        phash=fp.phash,
+        signature=fp.signature,
+        thumbnail=thumbnail,
+    )
+
+
+def _model_ready(
+    data: bytes, im: Image.Image, opts: ImageOptions, orientation: int, size: tuple[int, int]
+) -> bytes | None:
+    """The upload itself, stripped of its metadata, when it already is the model's JPEG: nothing to
+    resize, turn, convert or correct."""
+    if opts.crop_borders or opts.correct_glare or orientation != 1:
+        return None
+    if im.format != "JPEG" or im.mode != "RGB" or size != im.size:
+        return None
+    if needs_conversion(im.info.get("icc_profile"), "RGB"):
+        return None
+    return strip_model_ready(data, opts.jpeg_quality)
+
+
+def _decode_strictly(jpeg: bytes) -> np.ndarray | None:
+    """The bytes the model will get, decoded strictly: any recoverable error (which a lenient
+    decoder would pass over) sends the upload down the re-encoding path instead."""
+    try:
+        pixels: np.ndarray = simplejpeg.decode_jpeg(jpeg, colorspace="RGB")
+    except ValueError:
+        return None
+    return pixels
+
+
+def _encode(rgb: np.ndarray, quality: int) -> bytes:
+    # simplejpeg takes RGB as it is; OpenCV's encoder wants BGR, a copy of the image first
+    out: bytes = simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality, "RGB", "420")
+    return out
+
+
+def pixel_digest(rgb: np.ndarray) -> str:
+    """The exact cache key: the normalized pixels and their shape, hashed where they lie (building
+    one bytes object of them copied 2.4 MB twice, which cost as much as the hashing itself).
+    SHA-256, truncated to 128 bits: with the SHA extensions of current x86 and ARM server CPUs it
+    hashes 2.4 MB in ~1.4 ms, where BLAKE2b took ~3.5 ms."""
+    h = hashlib.sha256(repr(rgb.shape).encode())
+    h.update(np.ascontiguousarray(rgb).data)
+    return h.hexdigest()[:32]
