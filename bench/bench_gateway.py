@@ -101,6 +101,14 @@ def start_litellm(upstream: str, tmp: Path) -> Service:
     return service
 
 
+def start_passthrough(upstream: str, tmp: Path) -> Service:
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.passthrough", "--port", str(port), "--upstream", upstream]
+    service = Service("the pass-through", cmd, f"http://127.0.0.1:{port}", {}, log=tmp / "passthrough.log")
+    service.wait_ready("/health")
+    return service
+
+
 Path_ = tuple[str, str, dict[str, str], str]  # name, chat URL, headers, body key prefix
 
 
@@ -219,11 +227,14 @@ def main(argv: list[str] | None = None) -> None:
             started.append(shipped)
             no_store = start_gateway(sim.base_url, common | {"HUAYU_STORE_ENABLED": "false"}, log=tmp / "gw2.log")
             started.append(no_store)
+            floor = start_passthrough(sim.base_url, tmp)
+            started.append(floor)
             chat = "/v1/chat/completions"
             paths: list[Path_] = [
                 ("straight to the simulator", sim.url + chat, {}, ""),
                 ("huayu as shipped (safety, store)", shipped.url + chat, {}, "huayu_"),
                 ("huayu, store off", no_store.url + chat, {}, "huayu_"),
+                ("bare Python pass-through (the floor)", floor.url + chat, {}, ""),
             ]
             if lite is not None:
                 paths.append(("LiteLLM 1.110.2 proxy", lite.url + chat, {"authorization": f"Bearer {MASTER_KEY}"}, ""))
@@ -248,7 +259,9 @@ def main(argv: list[str] | None = None) -> None:
         f"medians (min–max over rounds). Image {len(image) / 1000:.0f} KB base64 in every body; huayu's cache off. "
         "Added = the path's median minus the straight path's, same run. The highest rate: open loop, "
         "streams, TTFT p95 < 500 ms and errors < 0.1%, rates doubling from 10 req/s. "
-        "Targets: added ≤ 0.5 ms p50 and ≤ 3 ms p99, and below LiteLLM's. "
+        "Targets: added ≤ 0.5 ms p50 and ≤ 3 ms p99, and below LiteLLM's. The bare pass-through "
+        "(`bench/passthrough.py`: uvicorn and aiohttp forwarding the bytes, no work) is the floor any Python "
+        "proxy pays here. "
         f"Load average at the end (1, 5, 15 min): {load}; other work on the machine widens the ranges.\n\n" + table
     )
     if lite_note:
