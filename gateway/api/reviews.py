@@ -19,7 +19,7 @@ from gateway.deps import Services, services
 from gateway.errors import ServiceUnavailable
 from gateway.security import tenant_of
 from gateway.security.keys import PUBLIC_TENANT
-from gateway.store import FILENAMES, MEDIA_TYPES, ResultStore
+from gateway.store import FILENAMES, MEDIA_TYPES, DescriptionFilter, ResultStore
 from gateway.web import page
 from gateway.web.gauges import ReviewGauges
 
@@ -82,30 +82,27 @@ class DescriptionPatch(BaseModel):
     reviewer: str | None = Field(None, description="Who made the change.")
 
 
-@router.get("/v1/descriptions")
-async def list_descriptions(
+async def description_filter(
     artwork_id: str | None = None,
     style: str | None = None,
-    status: str | None = None,
+    status: str | None = Query(None, description="draft, approved or rejected."),
     min_rating: float | None = Query(None, description="Average rating at least this (1-5)."),
     adapter: str | None = None,
     language: str | None = None,
+    tenant: str | None = Depends(tenant_scope),
+) -> DescriptionFilter:
+    """The filters of the description listing and the export, as query parameters."""
+    return DescriptionFilter(artwork_id, style, status, min_rating, adapter, language, tenant)
+
+
+@router.get("/v1/descriptions")
+async def list_descriptions(
+    which: DescriptionFilter = Depends(description_filter),
     limit: int = Query(50, description="Page size, 1 to 500."),
     offset: int = 0,
     svc: Services = Depends(services),
-    tenant: str | None = Depends(tenant_scope),
 ) -> dict[str, Any]:
-    return await store_of(svc).list_descriptions(
-        tenant=tenant,
-        artwork_id=artwork_id,
-        style=style,
-        status=status,
-        min_rating=min_rating,
-        adapter=adapter,
-        language=language,
-        limit=limit,
-        offset=offset,
-    )
+    return await store_of(svc).list_descriptions(which, limit=limit, offset=offset)
 
 
 @router.get("/v1/descriptions/{description_id}")
@@ -148,26 +145,10 @@ async def update_description(
 async def export(
     request: Request,
     fmt: str = Query("jsonl", alias="format", description="jsonl, csv, finetune or iiif."),
-    artwork_id: str | None = None,
-    style: str | None = None,
-    status: str | None = None,
-    min_rating: float | None = None,
-    adapter: str | None = None,
-    language: str | None = None,
+    which: DescriptionFilter = Depends(description_filter),
     svc: Services = Depends(services),
-    tenant: str | None = Depends(tenant_scope),
 ) -> StreamingResponse:
-    body = await store_of(svc).export(
-        fmt,
-        tenant=tenant,
-        base_url=str(request.base_url),
-        artwork_id=artwork_id,
-        style=style,
-        status=status,
-        min_rating=min_rating,
-        adapter=adapter,
-        language=language,
-    )
+    body = await store_of(svc).export(fmt, which, base_url=str(request.base_url))
     return StreamingResponse(
         body,
         media_type=MEDIA_TYPES[fmt],
@@ -186,15 +167,8 @@ async def list_artworks(
     svc: Services = Depends(services),
     tenant: str | None = Depends(tenant_scope),
 ) -> dict[str, Any]:
-    return await store_of(svc).list_artworks(
-        limit=limit,
-        offset=offset,
-        style=style,
-        status=status,
-        min_rating=min_rating,
-        per_style=per_style,
-        tenant=tenant,
-    )
+    which = DescriptionFilter(style=style, status=status, min_rating=min_rating, tenant=tenant)
+    return await store_of(svc).list_artworks(which, limit=limit, offset=offset, per_style=per_style)
 
 
 # an artwork id is a digest of its image: what it points to never changes

@@ -9,6 +9,7 @@ JPEG for fine-tuning exports), so one URL is the whole store, whatever the serve
 from .engine import StoreConfigError, migrate, normalize_url
 from .export import FILENAMES, FORMATS, MEDIA_TYPES
 from .metrics import StoreMetrics
+from .queries import DescriptionFilter
 from .record import STATUSES, DescriptionRecord, artwork_id, new_description_id
 from .service import ResultStore, open_store
 
@@ -17,6 +18,7 @@ __all__ = [
     "FORMATS",
     "MEDIA_TYPES",
     "STATUSES",
+    "DescriptionFilter",
     "DescriptionRecord",
     "ResultStore",
     "StoreConfigError",

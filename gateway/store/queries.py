@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, case, func, insert, select, update
@@ -52,37 +53,40 @@ def _check_text(value: object, param: str, limit: int, *, empty_ok: bool = False
     return value
 
 
-def filters(
-    *,
-    artwork_id: str | None = None,
-    style: str | None = None,
-    status: str | None = None,
-    min_rating: float | None = None,
-    adapter: str | None = None,
-    language: str | None = None,
-    tenant: str | None = None,
-) -> list[ColumnElement[bool]]:
-    """WHERE clauses for the description filters; bad values raise Unprocessable.
+@dataclass(frozen=True)
+class DescriptionFilter:
+    """Which descriptions a listing or an export covers; a field left None does not filter.
 
     ``tenant`` confines everything to one tenant's descriptions (None: all, for operators)."""
-    where: list[ColumnElement[bool]] = []
-    if tenant is not None:
-        where.append(d.tenant == tenant)
-    for name, value, col in (
-        ("artwork_id", artwork_id, d.artwork_id),
-        ("style", style, d.style),
-        ("adapter", adapter, d.adapter),
-        ("language", language, d.language),
-    ):
-        if value is not None:
-            where.append(col == _check_text(value, name, 128))
-    if status is not None:
-        where.append(d.status == check_status(status))
-    if min_rating is not None:
-        # the average of the ratings, without a division that SQL engines round differently
-        where.append(d.rating_count > 0)
-        where.append(d.rating_sum >= check_rating(min_rating, param="min_rating") * d.rating_count)
-    return where
+
+    artwork_id: str | None = None
+    style: str | None = None
+    status: str | None = None
+    min_rating: float | None = None
+    adapter: str | None = None
+    language: str | None = None
+    tenant: str | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        """The WHERE clauses; bad values raise Unprocessable."""
+        where: list[ColumnElement[bool]] = []
+        if self.tenant is not None:
+            where.append(d.tenant == self.tenant)
+        for name, value, col in (
+            ("artwork_id", self.artwork_id, d.artwork_id),
+            ("style", self.style, d.style),
+            ("adapter", self.adapter, d.adapter),
+            ("language", self.language, d.language),
+        ):
+            if value is not None:
+                where.append(col == _check_text(value, name, 128))
+        if self.status is not None:
+            where.append(d.status == check_status(self.status))
+        if self.min_rating is not None:
+            # the average of the ratings, without a division that SQL engines round differently
+            where.append(d.rating_count > 0)
+            where.append(d.rating_sum >= check_rating(self.min_rating, param="min_rating") * d.rating_count)
+        return where
 
 
 def description_dict(row: RowMapping | Mapping[str, Any]) -> dict[str, Any]:

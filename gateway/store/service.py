@@ -18,8 +18,11 @@ from . import export as ex
 from . import queries as q
 from .engine import is_outage, make_engine, normalize_url, upgrade
 from .metrics import StoreMetrics
+from .queries import DescriptionFilter
 from .record import DescriptionRecord, record_problem
 from .writer import Writer
+
+ALL = DescriptionFilter()  # every description (of every tenant)
 
 log = logging.getLogger("huayu.store")
 T = TypeVar("T")
@@ -182,28 +185,10 @@ class ResultStore:
     # --- queries behind the review API ---
 
     async def list_descriptions(
-        self,
-        *,
-        artwork_id: str | None = None,
-        style: str | None = None,
-        status: str | None = None,
-        min_rating: float | None = None,
-        adapter: str | None = None,
-        language: str | None = None,
-        limit: int = 50,
-        offset: int = 0,
-        tenant: str | None = None,
+        self, which: DescriptionFilter = ALL, *, limit: int = 50, offset: int = 0
     ) -> dict[str, Any]:
         """``{"data": [description...], "total": n, "limit", "offset"}``, newest first."""
-        where = q.filters(
-            artwork_id=artwork_id,
-            style=style,
-            status=status,
-            min_rating=min_rating,
-            adapter=adapter,
-            language=language,
-            tenant=tenant,
-        )
+        where = which.where()
         q.check_paging(limit, offset)
         return await self._run(lambda c: q.list_descriptions(c, where, limit, offset))
 
@@ -257,19 +242,11 @@ class ResultStore:
         return await self.get_description(id)
 
     async def list_artworks(
-        self,
-        *,
-        limit: int = 24,
-        offset: int = 0,
-        style: str | None = None,
-        status: str | None = None,
-        min_rating: float | None = None,
-        per_style: int = 5,
-        tenant: str | None = None,
+        self, which: DescriptionFilter = ALL, *, limit: int = 24, offset: int = 0, per_style: int = 5
     ) -> dict[str, Any]:
         """The gallery: artworks with a matching description, most recently described first, each
         with ``descriptions`` (those matching the filters, by style, the newest ``per_style`` of each)."""
-        where = q.filters(style=style, status=status, min_rating=min_rating, tenant=tenant)
+        where = which.where()
         q.check_paging(limit, offset)
         return await self._run(lambda c: q.list_artworks(c, where, limit, offset, per_style))
 
@@ -294,33 +271,14 @@ class ResultStore:
         return await self._run(lambda c: q.adapter_report(c, tenant))
 
     async def export(
-        self,
-        fmt: str,
-        *,
-        base_url: str | None = None,
-        artwork_id: str | None = None,
-        style: str | None = None,
-        status: str | None = None,
-        min_rating: float | None = None,
-        adapter: str | None = None,
-        language: str | None = None,
-        tenant: str | None = None,
+        self, fmt: str, which: DescriptionFilter = ALL, *, base_url: str | None = None
     ) -> AsyncIterator[bytes]:
         """Check the request and read the first page now (so errors are raised before any byte
         is sent), then return the stream. ``base_url`` makes IIIF annotation ids resolvable."""
         if fmt not in ex.FORMATS:
             raise Unprocessable(f"format must be one of {', '.join(ex.FORMATS)}; got {fmt!r}.", param="format")
         f: ex.Format = fmt  # type: ignore[assignment]
-        where = q.filters(
-            artwork_id=artwork_id,
-            style=style,
-            status=status,
-            min_rating=min_rating,
-            adapter=adapter,
-            language=language,
-            tenant=tenant,
-        )
-        where = ex.selection(f, where, status is not None)
+        where = ex.selection(f, which.where(), which.status is not None)
         first = await self._run(lambda c: ex.fetch_page(c, f, where, None))
         export_id = f"{base_url.rstrip('/')}/v1/export?format=iiif" if base_url else "urn:huayu:export:iiif"
         return self._stream(f, where, first, base_url, export_id)

@@ -24,6 +24,7 @@ from sqlalchemy import inspect, text
 
 from gateway.errors import NotFound, Unprocessable
 from gateway.store import (
+    DescriptionFilter,
     DescriptionRecord,
     ResultStore,
     StoreConfigError,
@@ -288,18 +289,25 @@ async def test_filters_and_paging(store: ResultStore) -> None:
     assert [d["id"] for d in everything["data"]] == [ids[7], ids[6], ids[5]]  # newest first
     page3 = await store.list_descriptions(limit=3, offset=6)
     assert [d["id"] for d in page3["data"]] == [ids[1], ids[0]]
-    assert (await store.list_descriptions(style="kids_guide"))["total"] == 3
-    assert [d["id"] for d in (await store.list_descriptions(status="approved"))["data"]] == [ids[2]]
-    assert [d["id"] for d in (await store.list_descriptions(min_rating=4))["data"]] == [ids[0]]
-    assert {d["id"] for d in (await store.list_descriptions(min_rating=3))["data"]} == {ids[0], ids[1]}
-    assert [d["id"] for d in (await store.list_descriptions(adapter="lora-b"))["data"]] == [ids[7]]
-    assert (await store.list_descriptions(language="en"))["total"] == 1
+    assert (await store.list_descriptions(DescriptionFilter(style="kids_guide")))["total"] == 3
+    assert [d["id"] for d in (await store.list_descriptions(DescriptionFilter(status="approved")))["data"]] == [ids[2]]
+    assert [d["id"] for d in (await store.list_descriptions(DescriptionFilter(min_rating=4)))["data"]] == [ids[0]]
+    assert {d["id"] for d in (await store.list_descriptions(DescriptionFilter(min_rating=3)))["data"]} == {
+        ids[0],
+        ids[1],
+    }
+    assert [d["id"] for d in (await store.list_descriptions(DescriptionFilter(adapter="lora-b")))["data"]] == [ids[7]]
+    assert (await store.list_descriptions(DescriptionFilter(language="en")))["total"] == 1
     art = "art_" + recs[0].artwork_digest[:16]
-    assert {d["id"] for d in (await store.list_descriptions(artwork_id=art))["data"]} == {ids[0], ids[3], ids[6]}
+    assert {d["id"] for d in (await store.list_descriptions(DescriptionFilter(artwork_id=art)))["data"]} == {
+        ids[0],
+        ids[3],
+        ids[6],
+    }
 
     gallery = await store.list_artworks(limit=2)
     assert gallery["total"] == 4 and len(gallery["data"]) == 2
-    rated = await store.list_artworks(limit=10, min_rating=4)
+    rated = await store.list_artworks(DescriptionFilter(min_rating=4), limit=10)
     assert [a["id"] for a in rated["data"]] == [art]
     assert [d["id"] for d in rated["data"][0]["descriptions"]] == [ids[0]]
     # the gallery keeps the newest per_style descriptions of each style, grouped by style
@@ -310,9 +318,12 @@ async def test_filters_and_paging(store: ResultStore) -> None:
     with pytest.raises(Unprocessable, match="per_style"):
         await store.list_artworks(per_style=0)
 
-    for kwargs in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"status": "new"}, {"min_rating": 6}):
+    for paging in ({"limit": 0}, {"limit": 501}, {"offset": -1}):
         with pytest.raises(Unprocessable):
-            await store.list_descriptions(**kwargs)
+            await store.list_descriptions(**paging)
+    for which in (DescriptionFilter(status="new"), DescriptionFilter(min_rating=6)):
+        with pytest.raises(Unprocessable):
+            await store.list_descriptions(which)
     with pytest.raises(NotFound):
         await store.get_description("desc_unknown")
 
@@ -340,7 +351,7 @@ async def test_exports_parse_back(store: ResultStore) -> None:
     }
     assert next(r for r in rows if r["id"] == draft.id)["metadata"]["title"] == "山水图 30"
 
-    body = await collect(await store.export("csv", style="curator"))
+    body = await collect(await store.export("csv", DescriptionFilter(style="curator")))
     assert body.startswith(b"\xef\xbb\xbf")
     table = list(csv.DictReader(io.StringIO(body.decode("utf-8-sig"))))
     assert len(table) == 5
@@ -377,10 +388,10 @@ async def test_exports_parse_back(store: ResultStore) -> None:
     }
     assert a["target"] == "https://museum.example/iiif/33"
     assert annos[no_image.id]["target"] == f"urn:huayu:artwork:{no_image.artwork_digest}"
-    only_rejected = orjson.loads(await collect(await store.export("iiif", status="rejected")))
+    only_rejected = orjson.loads(await collect(await store.export("iiif", DescriptionFilter(status="rejected"))))
     assert [x["id"] for x in only_rejected["items"]] == [f"urn:huayu:description:{rejected.id}"]
 
-    empty = orjson.loads(await collect(await store.export("iiif", style="none-such")))
+    empty = orjson.loads(await collect(await store.export("iiif", DescriptionFilter(style="none-such"))))
     assert empty["items"] == []
     with pytest.raises(Unprocessable, match="format must be one of jsonl, csv, finetune, iiif"):
         await store.export("xml")
