@@ -74,7 +74,11 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for the cache and rate limits.")
     redis_timeout_s: float = Field(0.05, description="Seconds a Redis call may take before it is skipped.")
     cache_ttl_s: int = Field(7 * 24 * 3600, description="Seconds a cached description lives.")
-    cache_max_entries: int = Field(100_000, description="Entries kept by the in-process cache (LRU).")
+    cache_max_entries: int = Field(
+        100_000,
+        description="Entries kept by the in-process cache (LRU); with Redis, the records of its "
+        "near-duplicate index (its stream and each process's copy; exact hits are not bounded by it).",
+    )
     cache_near_distance: int = Field(
         10, description="Largest pHash Hamming distance considered a near-duplicate candidate."
     )

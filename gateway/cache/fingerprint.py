@@ -138,9 +138,10 @@ def signature(proxy: np.ndarray, aspect: float) -> bytes:
 
 
 _GRID = SIG * SIG * 3
+_Unpacked = tuple[float, np.ndarray, np.ndarray, np.ndarray]  # aspect, blurred grid, orientations, energy
 
 
-def _unpack(sig: bytes) -> tuple[float, np.ndarray, np.ndarray, np.ndarray] | None:
+def _unpack(sig: bytes) -> _Unpacked | None:
     if len(sig) != _HEADER.size + _GRID + 144:
         return None
     version, aspect = _HEADER.unpack_from(sig)
@@ -189,6 +190,24 @@ def compare(a: bytes, b: bytes) -> Comparison | None:
     ua, ub = _unpack(a), _unpack(b)
     if ua is None or ub is None:
         return None
+    aspect, texture, energy = _unaligned(ua, ub)
+    luma, colour = _aligned(ua, ub)
+    return Comparison(aspect, luma, colour, texture, energy)
+
+
+def _unaligned(ua: _Unpacked, ub: _Unpacked) -> tuple[float, float, float]:
+    """aspect, texture, energy: what needs no alignment, a small fraction of the cost."""
+    # orientation shares mean nothing in a flat block: judge them where either side has edges
+    edged = np.maximum(ua[3], ub[3]) >= 1.0
+    texture = 0.5 * np.abs(ua[2] - ub[2]).sum(axis=1)
+    texture = float(texture[edged].max()) if edged.any() else 0.0
+    energy = float(np.abs(ua[3] - ub[3]).max())  # log2 of the energies' quotient
+    aspect = abs(float(np.log(ua[0] / ub[0])))
+    return aspect, texture, energy
+
+
+def _aligned(ua: _Unpacked, ub: _Unpacked) -> tuple[float, float]:
+    """luma, colour: after the alignment that minimizes the luma difference."""
     la, ca = _planes(ua[1])
     inner = la[_IN, _IN]
     n = SIG - 8
@@ -209,13 +228,7 @@ def compare(a: bytes, b: bytes) -> Comparison | None:
     k = n // 4
     luma = np.abs(inner - lb_in).reshape(4, k, 4, k).mean(axis=(1, 3))
     colour = np.abs(ca[_IN, _IN] - cb_in).sum(axis=2).reshape(4, k, 4, k).mean(axis=(1, 3))
-    # orientation shares mean nothing in a flat block: judge them where either side has edges
-    edged = np.maximum(ua[3], ub[3]) >= 1.0
-    texture = 0.5 * np.abs(ua[2] - ub[2]).sum(axis=1)
-    texture = float(texture[edged].max()) if edged.any() else 0.0
-    energy = float(np.abs(ua[3] - ub[3]).max())  # log2 of the energies' quotient
-    aspect = abs(float(np.log(ua[0] / ub[0])))
-    return Comparison(aspect, float(luma.max()), float(colour.max()), texture, energy)
+    return float(luma.max()), float(colour.max())
 
 
 # Thresholds measured on the image set in tests/gateway/imageset.py (see test_cache_imageset.py):
@@ -228,13 +241,15 @@ MAX_ENERGY = 1.0
 
 
 def same_artwork(a: bytes, b: bytes) -> bool:
-    """Whether two signatures show the same artwork; an unreadable signature never matches."""
-    c = compare(a, b)
-    return (
-        c is not None
-        and c.aspect <= MAX_ASPECT
-        and c.luma <= MAX_LUMA
-        and c.colour <= MAX_COLOUR
-        and c.texture <= MAX_TEXTURE
-        and c.energy <= MAX_ENERGY
-    )
+    """Whether two signatures show the same artwork; an unreadable signature never matches.
+    The tests are those on ``compare``'s figures, the cheap ones first: a candidate that fails
+    one of them is turned down without the alignment, nearly all of the cost (a fifth of the
+    look-alikes within D in the image set)."""
+    ua, ub = _unpack(a), _unpack(b)
+    if ua is None or ub is None:
+        return False
+    aspect, texture, energy = _unaligned(ua, ub)
+    if not (aspect <= MAX_ASPECT and texture <= MAX_TEXTURE and energy <= MAX_ENERGY):  # NaN fails too
+        return False
+    luma, colour = _aligned(ua, ub)
+    return luma <= MAX_LUMA and colour <= MAX_COLOUR

@@ -28,6 +28,14 @@ class _Entry:
     slot: int
 
 
+@dataclass
+class _Near:
+    """A scope's near index and the entry in each of its slots."""
+
+    index: NearIndex
+    entries: dict[int, _Entry]
+
+
 class MemoryCache:
     backend = "memory"
 
@@ -46,10 +54,7 @@ class MemoryCache:
         self.clock = clock
         self._rec = Recorder(metrics, self.backend)
         self._entries: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
-        self._near: dict[str, NearIndex] = {}
-        self._slots: dict[int, _Entry] = {}
-        self._free: list[int] = []
-        self._next_slot = 0
+        self._near: dict[str, _Near] = {}
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -66,11 +71,11 @@ class MemoryCache:
         if entry is not None and self._alive(entry, now):
             self._entries.move_to_end((scope, digest))
             return CacheHit(dict(entry.value), "exact", 0)
-        index = self._near.get(scope)
-        if index is None or self.near_distance <= 0:
+        near = self._near.get(scope)
+        if near is None or self.near_distance <= 0:
             return None
-        for distance, slot in index.query(phash, self.near_distance):
-            cand = self._slots[slot]
+        for distance, slot in near.index.query(phash, self.near_distance):
+            cand = near.entries[slot]
             if not self._alive(cand, now):
                 continue
             if same_artwork(signature, cand.signature):
@@ -90,18 +95,13 @@ class MemoryCache:
         while len(self._entries) >= self.max_entries:
             _, lru = self._entries.popitem(last=False)
             self._drop(lru)
-        slot = self._free.pop() if self._free else self._take_slot()
+        near = self._near.get(scope)
+        if near is None:
+            near = self._near[scope] = _Near(NearIndex(self.near_distance), {})
+        slot = near.index.add(phash)
         entry = _Entry(scope, digest, phash, signature, dict(value), self.clock() + self.ttl_s, slot)
         self._entries[key] = entry
-        self._slots[slot] = entry
-        index = self._near.get(scope)
-        if index is None:
-            index = self._near[scope] = NearIndex(max(self.near_distance, 0))
-        index.add(slot, phash)
-
-    def _take_slot(self) -> int:
-        self._next_slot += 1
-        return self._next_slot - 1
+        near.entries[slot] = entry
 
     def _alive(self, entry: _Entry, now: float) -> bool:
         if entry.expires > now:
@@ -112,12 +112,11 @@ class MemoryCache:
         return False
 
     def _drop(self, entry: _Entry) -> None:
-        index = self._near[entry.scope]
-        index.remove(entry.slot, entry.phash)
-        if not len(index):
+        near = self._near[entry.scope]
+        near.index.remove(entry.slot)
+        del near.entries[entry.slot]
+        if not near.entries:
             del self._near[entry.scope]
-        del self._slots[entry.slot]
-        self._free.append(entry.slot)
 
     async def ready(self) -> tuple[bool, str]:
         return True, f"memory cache, {len(self._entries)} entries"
@@ -125,4 +124,3 @@ class MemoryCache:
     async def aclose(self) -> None:
         self._entries.clear()
         self._near.clear()
-        self._slots.clear()

@@ -1,13 +1,15 @@
 """The Redis cache: shared by every gateway process, the same behaviour as the in-process one.
 
-Layout, all keys of a scope in one hash slot (``{sid}``) so the scripts also run on a cluster:
+Layout:
   ``<prefix>{sid}:p:<phash>``  a hash of the entries with that pHash: field = digest, value =
-                               signature and description; the TTL is on this key;
-  ``<prefix>{sid}:n:<band>``   a hash per pHash band: field = the band's 16 bits, value = the
-                               packed 8-byte pHashes in that bucket.
-A lookup is one round trip (the exact field plus 4 x 137 bucket fields; 8 bytes a candidate keep
-the reply small), a second one only when a candidate lies within D. pHashes whose entries expired
-are pruned from the buckets when a lookup meets them.
+                               signature and description; the TTL is on this key. A scope's keys
+                               share one hash slot (``{sid}``).
+  ``<prefix>log``              a stream with a record (scope, pHash) per put, bounded by count and
+                               by age; every process follows it into a local index (mirror.py).
+A lookup asks the local index for the near candidates, then makes one round trip: the exact
+digest's field and the entries of the nearest few candidates (a second one only when all of
+those fail verification). A put is one round trip too. Near hits on entries put by another process
+come a round trip after the put, when the stream has brought its record; exact hits at once.
 Redis slow or down: every call is bounded by ``timeout_s``, counted, and answered as a miss; after a
 failure the backend is left alone for ``backoff_s`` so a dead Redis costs nothing per request.
 """
@@ -21,7 +23,6 @@ import struct
 import time
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -30,63 +31,19 @@ from redis.exceptions import RedisError
 
 from gateway.cache.base import CacheHit, Recorder
 from gateway.cache.fingerprint import same_artwork
-from gateway.cache.index import BANDS, band_values, flip_masks
 from gateway.cache.metrics import CacheMetrics
+from gateway.cache.mirror import BLOCK_MS, Candidate, Follower, Mirror, stream_record
 
 if TYPE_CHECKING:
     from gateway.images import PreparedImage
 
 log = logging.getLogger("huayu.cache")
-RECORD = np.dtype(">u8")
 _BLOB = struct.Struct("<2sH")
-
-_PUT = """
-redis.call('HSET', KEYS[5], ARGV[8], ARGV[2])
-redis.call('EXPIRE', KEYS[5], ARGV[1])
-for i = 1, 4 do
-  local cur = redis.call('HGET', KEYS[i], ARGV[3 + i])
-  if not cur then
-    redis.call('HSET', KEYS[i], ARGV[3 + i], ARGV[3])
-  else
-    local found = false
-    for j = 1, #cur, 8 do
-      if string.sub(cur, j, j + 7) == ARGV[3] then found = true break end
-    end
-    if not found then redis.call('HSET', KEYS[i], ARGV[3 + i], cur .. ARGV[3]) end
-  end
-  redis.call('EXPIRE', KEYS[i], ARGV[1])
-end
-return 1
-"""
-
-_PRUNE = """
-if redis.call('EXISTS', KEYS[5]) == 1 then return 0 end
-for i = 1, 4 do
-  local cur = redis.call('HGET', KEYS[i], ARGV[1 + i])
-  if cur then
-    local parts = {}
-    for j = 1, #cur, 8 do
-      local r = string.sub(cur, j, j + 7)
-      if r ~= ARGV[1] then parts[#parts + 1] = r end
-    end
-    if #parts == 0 then redis.call('HDEL', KEYS[i], ARGV[1 + i])
-    else redis.call('HSET', KEYS[i], ARGV[1 + i], table.concat(parts)) end
-  end
-end
-return 1
-"""
+FETCH = 4  # near candidates whose entries come with the exact lookup's round trip
 
 
 def scope_id(scope: str) -> str:
     return hashlib.blake2b(scope.encode(), digest_size=12).hexdigest()
-
-
-def record(phash: int) -> bytes:
-    return phash.to_bytes(8, "big")
-
-
-def field(band_value: int) -> bytes:
-    return band_value.to_bytes(2, "big")
 
 
 def pack_entry(signature: bytes, value: dict[str, Any]) -> bytes:
@@ -116,6 +73,7 @@ class RedisCache:
         metrics: CacheMetrics | None = None,
         prefix: str = "huayu:cache:",
         backoff_s: float = 1.0,
+        max_records: int = 1_000_000,
     ) -> None:
         self.client = aioredis.Redis.from_url(
             url,
@@ -129,25 +87,33 @@ class RedisCache:
         self.timeout_s = timeout_s
         self.prefix = prefix
         self.backoff_s = backoff_s
-        self._masks = flip_masks(max(near_distance, 0) // BANDS)
+        self.max_records = max_records
+        self.stream_key = f"{prefix}log"
         self._rec = Recorder(metrics, self.backend)
-        self._put = self.client.register_script(_PUT)
-        self._prune = self.client.register_script(_PRUNE)
         self._down_until = 0.0
         self._last_error = ""
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.mirror = Mirror(max(near_distance, 0), ttl_s=self.ttl_s, max_records=max_records)
+        # its own connection: a blocked XREAD would hold one of the pool's, and outlast timeout_s
+        follow_client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=BLOCK_MS / 1000 + max(timeout_s, 1.0),
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self.follower = Follower(
+            follow_client, self.stream_key, self.mirror, on_error=self._follow_failed, backoff_s=backoff_s
+        )
         kw = self.client.connection_pool.connection_kwargs
         self._where = f"{kw.get('host', kw.get('path', '?'))}:{kw.get('port', '')}"
 
     def entry_key(self, sid: str, phash: int) -> str:
         return f"{self.prefix}{{{sid}}}:p:{phash:016x}"
 
-    def band_keys(self, sid: str) -> list[str]:
-        return [f"{self.prefix}{{{sid}}}:n:{b}" for b in range(BANDS)]
-
     async def get(self, scope: str, image: PreparedImage) -> CacheHit | None:
         started = time.perf_counter()
         hit = None
+        self._follow()
         if not self._skipping("get"):
             try:
                 async with asyncio.timeout(self.timeout_s):
@@ -158,70 +124,68 @@ class RedisCache:
         return hit
 
     async def _lookup(self, sid: str, digest: str, phash: int, signature: bytes) -> CacheHit | None:
+        cands = self.mirror.query(sid, phash) if self.near_distance > 0 else []
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.entry_key(sid, phash), bytes.fromhex(digest))
-        if self.near_distance > 0:
-            for key, v in zip(self.band_keys(sid), band_values(phash), strict=True):
-                pipe.hmget(key, [field(k) for k in (self._masks ^ v).tolist()])
-        res = await pipe.execute()
-        if isinstance(res[0], bytes) and (entry := unpack_entry(res[0])) is not None:
+        for cand in cands[:FETCH]:
+            pipe.hgetall(self.entry_key(sid, cand.phash))
+        exact, *groups = await pipe.execute()
+        if isinstance(exact, bytes) and (entry := unpack_entry(exact)) is not None:
             return CacheHit(entry[1], "exact", 0)
-        blobs = [b for values in res[1:] for b in values if b]
-        if not blobs:
+        for start in range(0, len(cands), FETCH):
+            batch = cands[start : start + FETCH]
+            if start:  # every candidate so far failed verification: the next few
+                pipe = self.client.pipeline(transaction=False)
+                for cand in batch:
+                    pipe.hgetall(self.entry_key(sid, cand.phash))
+                groups = await pipe.execute()
+            for cand, group in zip(batch, groups, strict=True):
+                if (hit := self._verify(sid, cand, group, signature)) is not None:
+                    return hit
+        return None
+
+    def _verify(self, sid: str, cand: Candidate, group: dict[bytes, bytes], signature: bytes) -> CacheHit | None:
+        if not group:  # expired (or evicted) since its record was made
+            self.mirror.drop(sid, cand.slots)
             return None
-        hashes = np.unique(np.frombuffer(b"".join(blobs), dtype=RECORD).astype(np.uint64))
-        dist = np.bitwise_count(hashes ^ np.uint64(phash))
-        near = [
-            (int(dist[i]), int(hashes[i])) for i in np.argsort(dist, kind="stable") if dist[i] <= self.near_distance
-        ]
-        if not near:
-            return None
-        pipe = self.client.pipeline(transaction=False)
-        for _, h in near:
-            pipe.hgetall(self.entry_key(sid, h))
-        groups = await pipe.execute()
-        for (d, h), group in zip(near, groups, strict=True):
-            if not group:
-                self._spawn_prune(sid, h)
-                continue
-            for blob in group.values():
-                entry = unpack_entry(blob)
-                if entry is not None and same_artwork(signature, entry[0]):
-                    return CacheHit(entry[1], "near", d)
-                self._rec.rejected()
+        for blob in group.values():
+            entry = unpack_entry(blob)
+            if entry is not None and same_artwork(signature, entry[0]):
+                return CacheHit(entry[1], "near", cand.distance)
+            self._rec.rejected()
         return None
 
     async def put(self, scope: str, image: PreparedImage, value: dict[str, Any]) -> None:
         await self.store(scope, image.digest, image.phash, image.signature, value)
 
     async def store(self, scope: str, digest: str, phash: int, signature: bytes, value: dict[str, Any]) -> None:
+        self._follow()
         if self._skipping("put"):
             return
         sid = scope_id(scope)
-        keys = [*self.band_keys(sid), self.entry_key(sid, phash)]
-        args: list[bytes | int] = [self.ttl_s, pack_entry(signature, value), record(phash)]
-        args += [field(v) for v in band_values(phash)]
-        args.append(bytes.fromhex(digest))
+        key = self.entry_key(sid, phash)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(key, bytes.fromhex(digest), pack_entry(signature, value))
+        pipe.expire(key, self.ttl_s)
+        # after the entry: a process that reads the record finds the entry there
+        pipe.xadd(self.stream_key, {b"r": stream_record(sid, phash)}, maxlen=self.max_records, approximate=True)
+        pipe.xtrim(self.stream_key, minid=f"{int((time.time() - self.ttl_s) * 1000)}-0", approximate=True)
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self._put(keys=keys, args=args)
+                res = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as e:
             self._fail("put", e)
+            return
+        if self.near_distance > 0:
+            self.follower.put_here(sid, phash, res[2])
 
-    def _spawn_prune(self, sid: str, phash: int) -> None:
-        keys = [*self.band_keys(sid), self.entry_key(sid, phash)]
-        args = [record(phash), *[field(v) for v in band_values(phash)]]
+    def _follow(self) -> None:
+        if self.near_distance > 0:  # else no lookup asks the mirror
+            self.follower.start()
 
-        async def prune() -> None:
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    await self._prune(keys=keys, args=args)
-            except (RedisError, OSError, TimeoutError) as e:
-                self._fail("prune", e)
-
-        task = asyncio.get_running_loop().create_task(prune())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _follow_failed(self, err: BaseException) -> None:
+        # counted, not a reason to skip requests: those find out for themselves whether Redis is up
+        self._rec.error("follow", "timeout" if isinstance(err, TimeoutError) else "error")
 
     def _skipping(self, op: str) -> bool:
         if time.monotonic() < self._down_until:
@@ -248,10 +212,9 @@ class RedisCache:
                 f"degraded: redis cache at {self._where} unreachable ({self._last_error}); requests go on uncached",
             )
         self._down_until = 0.0
+        self._follow()
         return True, f"redis cache at {self._where}"
 
     async def aclose(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.follower.aclose()
         await self.client.aclose()
