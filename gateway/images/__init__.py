@@ -10,7 +10,8 @@ resize again), plus the fingerprints the description cache keys on.
     colour.py       ICC profiles to sRGB, the optional lighting correction
     passthrough.py  an upload that already is the model's JPEG, sent on without re-encoding
     prepare.py      prepare_image(): the steps in order
-    worker.py       the process pool that runs it
+    worker.py       the process pool that runs it, the event loop talking to each worker itself
+    worker_process.py  the worker's side: its loop, the frames on its pipes
     payload.py      base64 and data URLs to bytes
 """
 

@@ -1,0 +1,198 @@
+"""One image worker process: its life in the child, and its handle in the pool (``worker.py``).
+
+They talk over two pipes. The pool writes a task as one frame::
+
+    !IQ  the length of the pickled options, the length of the image bytes
+    the pickled ``ImageOptions``
+    the image bytes as they are (not pickled: a 50 MB upload is neither copied nor scanned)
+
+and the worker answers each with one frame, ``!Q`` length then a pickled ``Reply``: ``("ready", pid,
+None)`` once at start, then ``("ok", PreparedImage, None)`` or ``("err", exception, traceback)``.
+The pool's ends of both pipes are non-blocking (uvloop makes a watched fd so anyway): a frame goes out,
+and comes in, in as many pieces as the pipe takes, and the event loop never waits on a worker, neither
+for the rest of a 50 MB upload to drain nor for the rest of an answer being written.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import struct
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
+from typing import Any, BinaryIO
+
+import cv2
+
+from gateway.errors import HuayuError
+from gateway.images.prepare import ImageOptions, prepare_image
+
+TASK_HEADER = struct.Struct("!IQ")
+REPLY_HEADER = struct.Struct("!Q")
+# Both pipes grow to this where the kernel allows: a typical upload (~0.2 MB) and every answer then go
+# in one write, without waiting for the other side to drain the default 64 KiB.
+PIPE_BYTES = 1 << 20
+
+Reply = tuple[str, Any, str | None]
+
+
+class WorkerProcess:
+    """A worker process, seen from the pool: the process and the pool's ends of its two pipes."""
+
+    def __init__(self) -> None:
+        # spawn: forking a process that runs an event loop and threads is unsafe
+        ctx = multiprocessing.get_context("spawn")
+        task_r, self._tasks = ctx.Pipe(duplex=False)
+        self._results, result_w = ctx.Pipe(duplex=False)
+        self.out_fd, self.in_fd = self._tasks.fileno(), self._results.fileno()
+        _grow(self.out_fd)
+        _grow(self.in_fd)
+        self.process: SpawnProcess = ctx.Process(
+            target=_serve, args=(task_r, result_w), name="huayu-image", daemon=True
+        )
+        self.process.start()
+        # the child has its own copies; with ours closed, its death reads as end of file on the answers
+        task_r.close()
+        result_w.close()
+        os.set_blocking(self.out_fd, False)
+        os.set_blocking(self.in_fd, False)
+        self.ready = False
+        self.sent = 0  # bytes of the current task written
+        self._unsent: list[memoryview] = []
+        self._inbox = bytearray()  # an answer that has come in pieces, until it is whole
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid or 0
+
+    def send(self, data: bytes, opts: ImageOptions) -> None:
+        """Queue a task's frame for ``write``."""
+        head = pickle.dumps(opts, pickle.HIGHEST_PROTOCOL)
+        self._unsent = [memoryview(TASK_HEADER.pack(len(head), len(data)) + head), memoryview(data)]
+        self.sent = 0
+
+    def write(self) -> bool:
+        """What the pipe takes now of the task, in one write; True once all of it is out. One write a
+        call: with the worker draining the pipe as fast as it fills, a loop would only end with the
+        whole upload, 30 ms of the event loop's time for a 36 MB one. A worker that is gone raises
+        ``OSError`` (a broken pipe)."""
+        try:
+            n = os.writev(self.out_fd, self._unsent)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._unsent.clear()
+            raise
+        self.sent += n
+        _advance(self._unsent, n)
+        return not self._unsent
+
+    def read(self) -> Reply | None:
+        """What has arrived of the answer, in one read; the answer once it is whole, else None (the
+        loop calls again while more is there). A worker that is gone, perhaps halfway through an
+        answer, raises ``EOFError``. A worker has one task at a time, so the pipe never holds more
+        than one answer, and a read never takes the start of the next."""
+        try:
+            chunk = os.read(self.in_fd, PIPE_BYTES)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            raise EOFError from e
+        if not chunk:
+            raise EOFError
+        if not self._inbox and _whole(chunk):
+            return _loads(chunk)  # the usual case: the answer in one read, copied once
+        self._inbox += chunk
+        if not _whole(self._inbox):
+            return None
+        message, self._inbox = self._inbox, bytearray()
+        return _loads(message)
+
+    def close(self) -> None:
+        self._tasks.close()
+        self._results.close()
+
+
+def _whole(frame: bytes | bytearray) -> bool:
+    return len(frame) >= REPLY_HEADER.size and len(frame) == REPLY_HEADER.size + REPLY_HEADER.unpack_from(frame)[0]
+
+
+def _loads(frame: bytes | bytearray) -> Reply:
+    try:
+        reply: Reply = pickle.loads(memoryview(frame)[REPLY_HEADER.size :])
+    except Exception as e:  # the worker checks what it sends; this is a last line
+        return ("err", e, None)
+    return reply
+
+
+def _serve(tasks: Connection, results: Connection) -> None:
+    """The worker's whole life: until the pool closes its end of the task pipe (or dies)."""
+    # Ctrl-C reaches the whole process group; the pool, not the terminal, decides when workers stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # one process per core already: more threads per process would only contend
+    cv2.setNumThreads(1)
+    reader = open(tasks.fileno(), "rb", closefd=False)  # noqa: SIM115 - lives as long as the process
+    out = results.fileno()
+    try:
+        _reply(out, ("ready", os.getpid(), None))
+        while (task := _read_task(reader)) is not None:
+            data, opts = task
+            reply = _run(data, opts)
+            del data, task  # the upload's memory goes back before the next one arrives
+            _reply(out, reply)
+    except BrokenPipeError:
+        pass  # the pool closed the answers' pipe: nobody is waiting for one
+
+
+def _read_task(reader: BinaryIO) -> tuple[bytes, ImageOptions] | None:
+    head = reader.read(TASK_HEADER.size)
+    if len(head) < TASK_HEADER.size:
+        return None  # end of file: the pool closed
+    n_opts, n_data = TASK_HEADER.unpack(head)
+    opts = pickle.loads(reader.read(n_opts))
+    data = reader.read(n_data)
+    if len(data) < n_data:
+        return None
+    return data, opts
+
+
+def _run(data: bytes, opts: ImageOptions) -> Reply:
+    try:
+        return ("ok", prepare_image(data, opts), None)
+    except Exception as e:
+        # the gateway's own errors are answers; anything else is a fault, whose origin the logs should show
+        tb = None if isinstance(e, HuayuError) else traceback.format_exc()
+        try:
+            pickle.loads(pickle.dumps(e, pickle.HIGHEST_PROTOCOL))
+        except Exception:
+            # one that does not survive pickling would fail the answer, not just the request
+            return ("err", RuntimeError(f"{type(e).__name__}: {e}"), tb)
+        return ("err", e, tb)
+
+
+def _reply(fd: int, reply: Reply) -> None:
+    body = pickle.dumps(reply, pickle.HIGHEST_PROTOCOL)
+    bufs = [memoryview(REPLY_HEADER.pack(len(body))), memoryview(body)]
+    while bufs:  # a blocking fd: each write takes what the pipe has room for, until all is out
+        _advance(bufs, os.writev(fd, bufs))
+
+
+def _advance(bufs: list[memoryview], n: int) -> None:
+    """Drop the first ``n`` bytes written from the front of ``bufs``, and any empty buffer there."""
+    while bufs and len(bufs[0]) <= n:
+        n -= len(bufs.pop(0))
+    if n:
+        bufs[0] = bufs[0][n:]
+
+
+def _grow(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):
+        # not Linux, or past the user's quota of large pipes: the default size works, with more round trips
+        pass

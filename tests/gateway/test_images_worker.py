@@ -1,0 +1,249 @@
+"""The image worker pool with real processes: answers, errors, bursts, a killed worker, cancelled
+callers, shutdown, and both event loops the gateway runs on."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import uvloop
+from PIL import Image
+
+from gateway.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable, Unprocessable, UnsupportedMedia
+from gateway.images import ImageOptions, ImageWorker, prepare_image
+from tests.media import encode, jpeg, painting
+
+OPTS = ImageOptions(max_bytes=256 << 20, max_pixels=120_000_000)
+
+
+@pytest.fixture(scope="module")
+def big_png() -> bytes:
+    """12 megapixels of noise as a ~36 MB PNG: a decode that takes a while, and an upload far larger
+    than the pipe, so it goes to the worker in pieces as the pipe drains."""
+    noise = np.random.default_rng(0).integers(0, 256, (3000, 4000, 3), np.uint8)
+    return encode(Image.fromarray(noise), "PNG", compress_level=1)
+
+
+def small(seed: int = 0) -> bytes:
+    return jpeg(1024, 768, seed=seed, quality=95)
+
+
+def children() -> set[int]:
+    return {c.pid for c in psutil.Process().children()}
+
+
+def wait_dead(pid: int) -> None:
+    """Block (the event loop too) until ``pid`` has exited; it stays unreaped, for its parent to reap."""
+    deadline = time.monotonic() + 10
+    while psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, f"{pid} did not die"
+        time.sleep(0.01)
+
+
+async def test_answers_equal_a_direct_call(big_png: bytes) -> None:
+    worker = ImageWorker(workers=2)
+    try:
+        await worker.warm()
+        assert len(worker.pids) == 2
+        ready = prepare_image(small(), OPTS).jpeg  # already the model's JPEG: sent on as it is
+        for data in (small(), encode(painting(451, 300), "PNG"), ready, big_png):
+            assert await worker.prepare(data, OPTS) == prepare_image(data, OPTS)
+        # noise at 2048 pixels and q100: an answer of several MB, larger than the pipe, read in pieces
+        wide = ImageOptions(max_bytes=256 << 20, max_pixels=120_000_000, max_edge=2048, jpeg_quality=100)
+        answer = await worker.prepare(big_png, wide)
+        assert len(answer.jpeg) > 2 << 20
+        assert answer == prepare_image(big_png, wide)
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        pytest.param(encode(painting(64, 64), "GIF"), UnsupportedMedia, id="gif"),
+        pytest.param(b"", InvalidRequest, id="empty"),
+        pytest.param(jpeg(64, 64), PayloadTooLarge, id="too-large"),
+        pytest.param(jpeg(16, 64), Unprocessable, id="too-small"),
+        pytest.param(b"\xff\xd8\xff\xe0 not really a JPEG", InvalidRequest, id="corrupt-header"),
+    ],
+)
+async def test_errors_keep_their_type_and_message(data: bytes, error: type[Exception]) -> None:
+    opts = ImageOptions(max_bytes=2000, max_pixels=120_000_000) if error is PayloadTooLarge else OPTS
+    with pytest.raises(error) as direct:
+        prepare_image(data, opts)
+    worker = ImageWorker(workers=1)
+    try:
+        with pytest.raises(error) as pooled:
+            await worker.prepare(data, opts)
+        assert type(pooled.value) is type(direct.value)
+        assert str(pooled.value) == str(direct.value)
+        assert await worker.prepare(small(), OPTS) == prepare_image(small(), OPTS)  # and it serves on
+    finally:
+        worker.close()
+
+
+async def test_an_unexpected_error_brings_the_workers_traceback() -> None:
+    opts = ImageOptions(max_bytes=1 << 20, max_pixels=120_000_000)
+    object.__setattr__(opts, "max_edge", "wide")  # past the options' own check: a fault in the worker's code
+    with pytest.raises(TypeError) as direct:
+        prepare_image(small(), opts)
+    worker = ImageWorker(workers=1)
+    try:
+        with pytest.raises(TypeError) as pooled:
+            await worker.prepare(small(), opts)
+        assert str(pooled.value) == str(direct.value)
+        assert "in target_size" in str(pooled.value.__cause__)  # where it went wrong, for the log
+    finally:
+        worker.close()
+
+
+async def test_a_burst_waits_for_idle_workers() -> None:
+    uploads = [small(seed) for seed in range(20)]
+    worker = ImageWorker(workers=2)
+    try:
+        await worker.warm()
+        pids = worker.pids
+        results = await asyncio.gather(*(worker.prepare(u, OPTS) for u in uploads))
+        assert results == [prepare_image(u, OPTS) for u in uploads]
+        assert worker.pids == pids
+    finally:
+        worker.close()
+
+
+async def test_a_killed_worker_fails_only_its_request(big_png: bytes) -> None:
+    worker = ImageWorker(workers=1)
+    try:
+        await worker.warm()
+        [pid] = worker.pids
+        doomed = asyncio.create_task(worker.prepare(big_png, OPTS))
+        queued = [asyncio.create_task(worker.prepare(small(seed), OPTS)) for seed in range(3)]
+        await asyncio.sleep(0.01)  # the big upload is on its way in, or being decoded (~0.15 s in all)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(Unprocessable, match="decoder stopped"):
+            await doomed
+        # the requests queued behind it go to the replacement
+        assert await asyncio.gather(*queued) == [prepare_image(small(seed), OPTS) for seed in range(3)]
+        assert worker.pids != [pid]
+    finally:
+        worker.close()
+    assert pid not in children()
+
+
+async def test_a_worker_killed_while_idle_costs_no_request() -> None:
+    worker = ImageWorker(workers=1)
+    try:
+        await worker.warm()
+        [pid] = worker.pids
+        os.kill(pid, signal.SIGKILL)
+        wait_dead(pid)  # the loop has not seen it die yet: the task meets a broken pipe, and waits
+        assert await worker.prepare(small(), OPTS) == prepare_image(small(), OPTS)
+        assert worker.pids != [pid]
+    finally:
+        worker.close()
+
+
+async def test_cancelled_callers_leave_the_worker_serving(big_png: bytes) -> None:
+    worker = ImageWorker(workers=1)
+    try:
+        await worker.warm()
+        pids = worker.pids
+        running = asyncio.create_task(worker.prepare(big_png, OPTS))
+        waiting = asyncio.create_task(worker.prepare(small(1), OPTS))
+        await asyncio.sleep(0.01)
+        running.cancel()
+        waiting.cancel()
+        outcomes = await asyncio.gather(running, waiting, return_exceptions=True)
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+        # the abandoned answer is read and dropped; the next caller gets its own
+        assert await worker.prepare(small(2), OPTS) == prepare_image(small(2), OPTS)
+        assert worker.pids == pids
+    finally:
+        worker.close()
+
+
+async def test_close_is_prompt_and_reaps_every_worker(big_png: bytes) -> None:
+    worker = ImageWorker(workers=2)
+    await worker.warm()
+    pids = worker.pids
+    assert set(pids) <= children()
+    busy = asyncio.create_task(worker.prepare(big_png, OPTS))
+    await asyncio.sleep(0.01)
+    start = time.monotonic()
+    worker.close()
+    assert time.monotonic() - start < 3
+    with pytest.raises(ServiceUnavailable):
+        await busy
+    with pytest.raises(ServiceUnavailable):
+        await worker.prepare(small(), OPTS)
+    worker.close()  # twice is fine
+    assert not set(pids) & children()
+
+
+def test_a_worker_that_is_never_used_starts_nothing() -> None:
+    before = children()
+    ImageWorker(workers=2).close()
+    assert children() <= before
+
+
+@pytest.mark.parametrize("new_loop", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+def test_on_each_event_loop(new_loop: Callable[[], asyncio.AbstractEventLoop], big_png: bytes) -> None:
+    async def scenario() -> list[int]:
+        worker = ImageWorker(workers=2)
+        try:
+            await worker.warm()
+            uploads = [small(seed) for seed in range(4)] + [big_png]
+            assert await asyncio.gather(*(worker.prepare(u, OPTS) for u in uploads)) == [
+                prepare_image(u, OPTS) for u in uploads
+            ]
+            with pytest.raises(UnsupportedMedia):
+                await worker.prepare(encode(painting(64, 64), "GIF"), OPTS)
+            killed = worker.pids[0]
+            os.kill(killed, signal.SIGKILL)
+            wait_dead(killed)
+            assert await worker.prepare(small(), OPTS) == prepare_image(small(), OPTS)
+            return [killed, *worker.pids]
+        finally:
+            worker.close()
+
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        pids = runner.run(scenario())
+    assert not set(pids) & children()
+
+
+def test_workers_that_cannot_start_are_not_respawned_forever(tmp_path: Path) -> None:
+    # without the __main__ guard every spawned worker, importing this script, dies as it starts
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio
+            from gateway.errors import ServiceUnavailable
+            from gateway.images import ImageWorker
+
+            async def main():
+                worker = ImageWorker(workers=1)
+                try:
+                    await worker.warm()
+                except ServiceUnavailable as e:
+                    print("refused:", e)
+                finally:
+                    worker.close()
+
+            asyncio.run(main())
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert "refused: the image workers could not start" in done.stdout, done.stderr[-2000:]
+    assert done.stderr.count("before it was ready") == 3
