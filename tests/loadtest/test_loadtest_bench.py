@@ -51,3 +51,24 @@ def test_top_costs_from_collapsed_stacks() -> None:
     assert lines[0] == "100 samples"
     assert lines[2].split() == ["60.0", "60.0", "decode"]
     assert "90.0  serve" in text
+
+
+def test_the_load_client_sends_its_bodies_in_turn_and_counts_cached_answers(
+    sim_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.bench_cachehit import body, copies
+    from gateway.app import create_app
+    from tests.servers import gateway_settings, serve
+
+    original, others = copies(2)
+    files = [tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"]
+    for path, data in zip(files, (body(original), body(others[0]), body(others[1], cache=False)), strict=True):
+        path.write_bytes(data)
+    with serve(create_app(gateway_settings(sim_url, tmp_path))) as url:
+        spec = {"url": url + "/v1/chat/completions", "body_files": [str(f) for f in files], "max_requests": 6}
+        (tmp_path / "spec.json").write_bytes(orjson.dumps(spec | {"concurrency": 1, "seconds": 30}))
+        hammer_main([str(tmp_path / "spec.json")])
+    figures = orjson.loads(capsys.readouterr().out)
+    # the original fills the cache, its copy hits it (near), the third asks for no cache; twice round.
+    # The cache is filled by a task after the first answer: the first copy may come before it ran.
+    assert figures["ok"] == 6 and figures["cached"] in (2, 3)
