@@ -3,83 +3,29 @@
 image -> preprocess -> cache -> style -> upstream -> safety -> store -> answer
 
 The routers (``gateway/api``) turn a request into a ``Job`` and the ``Result`` (or the stream of
-``Delta`` then ``Result``) into their wire format; everything in between happens here.
+``Delta`` then ``Result``) into their wire format (the three are in ``gateway/job.py``); everything
+in between happens here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.cache import CacheHit, DescriptionCache
 from gateway.config import Settings
-from gateway.images import ImageOptions, ImageWorker, PreparedImage, decode_image_payload
+from gateway.images import ImageOptions, ImageWorker, PreparedImage
+from gateway.images.memo import ImageMemo
+from gateway.job import Delta, EncodedImage, Job, Result
 from gateway.metrics import GatewayMetrics
-from gateway.prompting import Sampling, build_messages, cache_scope
+from gateway.prompting import build_messages, cache_scope
 from gateway.safety import GuardClient, SafetyFilter, SafetyMetrics, Verdict, apply_guard
 from gateway.store import DescriptionRecord, ResultStore, new_description_id
-from gateway.styles import Style
 from gateway.upstream import Upstream
-
-# uploads up to this size (as sent: base64 text counts) are hashed on the event loop for the memo
-# (about 1 ms per 4 MB)
-_MEMO_MAX_BYTES = 6 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class EncodedImage:
-    """An image as the request carried it (base64 or a data URL). It is decoded only when the memo
-    has not seen the same text: a repeat upload skips the decoding (~0.2 ms per 100 KB)."""
-
-    text: str
-
-
-@dataclass
-class Job:
-    image: bytes | EncodedImage
-    style: Style
-    language: str
-    sampling: Sampling
-    metadata: dict[str, str] = field(default_factory=dict)
-    request: str | None = None
-    use_cache: bool = True
-    options: ImageOptions | None = None
-    priority: int = 0
-    tenant: str = "public"
-    source: str | None = None
-    adapter: str | None = None  # a LoRA adapter asked for by the request; else the style's
-
-
-@dataclass
-class Result:
-    id: str
-    description: str
-    style: str
-    style_version: str
-    language: str
-    model: str
-    adapter: str | None
-    cached: bool
-    cache: dict[str, Any] | None
-    usage: dict[str, int]
-    latency_ms: float
-    finish_reason: str | None
-    safety: dict[str, Any]
-    created: int = field(default_factory=lambda: int(time.time()))
-
-    def predict_body(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "created"}
-
-
-@dataclass(frozen=True)
-class Delta:
-    text: str
 
 
 @dataclass
@@ -117,8 +63,7 @@ class Describer:
         self.store = store
         self.safety_metrics = safety_metrics
         self._flights: dict[str, asyncio.Future[Result]] = {}
-        # the prepared image and its data URL (base64 of ~100 KB is worth keeping too)
-        self._memo: OrderedDict[bytes, tuple[PreparedImage, str]] = OrderedDict()
+        self.memo = ImageMemo(images, settings.image_memo_entries)
 
     # ---- the public entry points -------------------------------------------------------
 
@@ -161,7 +106,8 @@ class Describer:
     async def _prepare(self, job: Job) -> _Prepared:
         started = time.perf_counter()
         options = job.options or ImageOptions.from_settings(self.settings)
-        image, data_url = await self._image(job.image, options)
+        upload = job.image.text if isinstance(job.image, EncodedImage) else job.image
+        image, data_url = await self.memo.prepare(upload, options)
         canary = self.safety.canary if self.safety else ""
         messages = build_messages(job.style, job.language, data_url, job.metadata, job.request, canary)
         adapter = job.adapter or job.style.adapter or None
@@ -178,28 +124,6 @@ class Describer:
             options=(options.crop_borders, options.correct_glare),
         )
         return _Prepared(job, image, messages, scope, model, adapter, started, data_url)
-
-    async def _image(self, source: bytes | EncodedImage, options: ImageOptions) -> tuple[PreparedImage, str]:
-        """The model-ready image; an upload seen moments ago (several styles of one artwork, a retry)
-        is taken from a small memo instead of being decoded again."""
-        # the memo knows an upload by what the request carried: text is hashed as it came
-        seen = source.text.encode("utf-8", "surrogatepass") if isinstance(source, EncodedImage) else source
-        if len(seen) > _MEMO_MAX_BYTES or self.settings.image_memo_entries <= 0:
-            image = await self.images.prepare(_raw(source), options)
-            return image, image.data_url()
-        h = hashlib.sha256(repr(options).encode())  # SHA extensions: faster than BLAKE2b here
-        h.update(b"b64:" if isinstance(source, EncodedImage) else b"raw:")
-        h.update(seen)
-        key = h.digest()[:16]
-        hit = self._memo.get(key)
-        if hit is not None:
-            self._memo.move_to_end(key)
-            return hit
-        image = await self.images.prepare(_raw(source), options)
-        self._memo[key] = entry = (image, image.data_url())
-        while len(self._memo) > self.settings.image_memo_entries:
-            self._memo.popitem(last=False)
-        return entry
 
     def _cacheable(self, prep: _Prepared) -> bool:
         return self.cache is not None and prep.job.use_cache and prep.job.style.cache
@@ -430,10 +354,6 @@ class Describer:
     @staticmethod
     def _elapsed_ms(prep: _Prepared) -> float:
         return round((time.perf_counter() - prep.started) * 1000, 2)
-
-
-def _raw(source: bytes | EncodedImage) -> bytes:
-    return decode_image_payload(source.text) if isinstance(source, EncodedImage) else source
 
 
 def _usage(raw: Any) -> dict[str, int]:

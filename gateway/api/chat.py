@@ -15,7 +15,7 @@ from gateway.api.body import json_body, read_json
 from gateway.api.jobs import charge_usage, image_source, make_job
 from gateway.deps import Services
 from gateway.errors import HuayuError, InvalidRequest
-from gateway.pipeline import Delta, EncodedImage, Result
+from gateway.job import Delta, EncodedImage, Result
 from gateway.prompting import caller_request
 from gateway.protocol import ChatCompletionRequest
 from gateway.security import tenant_of

@@ -8,7 +8,7 @@ from gateway.deps import Services
 from gateway.errors import InvalidRequest
 from gateway.fetch import ImageFetcher
 from gateway.images import ImageOptions
-from gateway.pipeline import EncodedImage, Job, Result
+from gateway.job import EncodedImage, Job, Result
 from gateway.prompting import resolve_sampling
 
 

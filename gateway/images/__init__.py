@@ -13,6 +13,7 @@ resize again), plus the fingerprints the description cache keys on.
     worker.py       the process pool that runs it, the event loop talking to each worker itself
     worker_process.py  the worker's side: its loop, the frames on its pipes
     payload.py      base64 and data URLs to bytes
+    memo.py         recent uploads kept model-ready
 """
 
 from gateway.images.colour import correct_glare
