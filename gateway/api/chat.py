@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.api.body import json_body, read_json
 from gateway.api.jobs import charge_usage, image_source, make_job
-from gateway.deps import Services
+from gateway.deps import Services, services
 from gateway.errors import HuayuError, InvalidRequest
 from gateway.job import Delta, EncodedImage, Result
 from gateway.prompting import caller_request
@@ -43,7 +43,7 @@ async def _image_source(urls: list[str], svc: Services) -> bytes | EncodedImage:
 @router.post("/v1/chat/completions", response_model=None, openapi_extra=json_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     body = await read_json(request, ChatCompletionRequest)
-    svc: Services = request.app.state.services
+    svc = await services(request)
     alias_style, adapter = await svc.catalog.resolve(body.model)
     text, urls = caller_request(body.messages)
     job = make_job(

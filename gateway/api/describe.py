@@ -20,7 +20,7 @@ router = APIRouter(tags=["huayu"])
 @router.post("/v1/models/{model}:predict", response_model=PredictResponse, openapi_extra=json_body(PredictRequest))
 async def predict(model: str, request: Request) -> Response:
     body = await read_json(request, PredictRequest)
-    svc: Services = request.app.state.services
+    svc = await services(request)
     alias_style, adapter = await svc.catalog.resolve(_predict_model(model, svc))
     job = make_job(
         svc,

@@ -71,7 +71,7 @@ def fingerprint(rgb: np.ndarray, aspect: float | None = None) -> Fingerprint:
     """``aspect``: the source's width/height; the model image's sides are rounded to multiples of
     32, which distorts small images by up to a few percent."""
     h, w = rgb.shape[:2]
-    proxy = _fit(rgb, PROXY_EDGE)
+    proxy = fit(rgb, PROXY_EDGE)
     # borders are found on the proxy (one resize fewer) and cut from the full image
     px0, py0, px1, py1 = content_box(proxy)
     trimmed = (px0, py0, px1, py1) != (0, 0, proxy.shape[1], proxy.shape[0])
@@ -80,7 +80,7 @@ def fingerprint(rgb: np.ndarray, aspect: float | None = None) -> Fingerprint:
     true_aspect = (aspect or w / h) * ((x1 - x0) / w) / ((y1 - y0) / h)
     if trimmed:  # shave the ringing that JPEG leaves along a border's edge
         mx, my = (x1 - x0) // 64, (y1 - y0) // 64
-        proxy = _fit(rgb[y0 + my : y1 - my, x0 + mx : x1 - mx], PROXY_EDGE)
+        proxy = fit(rgb[y0 + my : y1 - my, x0 + mx : x1 - mx], PROXY_EDGE)
     proxy = np.ascontiguousarray(proxy)
     return Fingerprint(
         phash=phash64(Image.fromarray(proxy)),
@@ -89,7 +89,8 @@ def fingerprint(rgb: np.ndarray, aspect: float | None = None) -> Fingerprint:
     )
 
 
-def _fit(rgb: np.ndarray, edge: int) -> np.ndarray:
+def fit(rgb: np.ndarray, edge: int) -> np.ndarray:
+    """Shrunk (area averaging) so the long edge is at most ``edge``; never enlarged."""
     h, w = rgb.shape[:2]
     s = min(1.0, edge / max(h, w))
     if s >= 1:

@@ -30,14 +30,6 @@ def resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out if out.ndim == arr.ndim else out[..., None]
 
 
-def shrink(rgb: np.ndarray, edge: int) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    s = edge / max(h, w)
-    if s >= 1:
-        return rgb
-    return cv2.resize(rgb, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-
-
 def orient(a: np.ndarray, orientation: int) -> np.ndarray:
     """EXIF orientation, as Pillow's ``ImageOps.exif_transpose`` applies it."""
     ops = {

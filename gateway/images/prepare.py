@@ -12,11 +12,11 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from gateway.cache.fingerprint import content_box, fingerprint
+from gateway.cache.fingerprint import content_box, fingerprint, fit
 from gateway.config import Settings
 from gateway.errors import InvalidRequest, PayloadTooLarge, Unprocessable
 from gateway.images.colour import correct_glare, needs_conversion, to_srgb
-from gateway.images.geometry import orient, resize, shrink, target_size
+from gateway.images.geometry import orient, resize, target_size
 from gateway.images.passthrough import strip_model_ready
 from gateway.images.source import decode, exif_orientation, open_image
 
@@ -131,7 +131,7 @@ def prepare_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | Non
     lap("encode")
     fp = fingerprint(rgb, aspect=1 / aspect if turned else aspect)
     lap("fingerprint")
-    thumbnail = _encode(fp.thumbnail if fp.thumbnail is not None else shrink(rgb, THUMBNAIL_EDGE), THUMBNAIL_QUALITY)
+    thumbnail = _encode(fp.thumbnail if fp.thumbnail is not None else fit(rgb, THUMBNAIL_EDGE), THUMBNAIL_QUALITY)
     lap("thumbnail")
     digest = pixel_digest(rgb)
     lap("digest")
