@@ -311,7 +311,8 @@ class Describer:
             self.safety_metrics.observe_verdict(verdict)
         self.metrics.generated_tokens.labels(style.name).inc(usage.get("completion_tokens", 0))
         self.metrics.prompt_tokens.labels(style.name).inc(usage.get("prompt_tokens", 0))
-        if not verdict.withheld and finish != "content_filter" and self._cacheable(prep):
+        # an empty answer is no description: not cached, so asking again can give one
+        if text.strip() and not verdict.withheld and finish != "content_filter" and self._cacheable(prep):
             assert self.cache is not None
             asyncio.get_running_loop().create_task(self.cache.put(prep.scope, prep.image, self._cache_value(result)))
         if self.store is not None:

@@ -170,7 +170,11 @@ class Sender:
             data = orjson.loads(response.content)
         except orjson.JSONDecodeError as e:
             raise Transient(UpstreamError("The server answered with something that is not JSON.")) from e
-        return self._direct_result(item, data) if self.direct else _gateway_result(data)
+        described = self._direct_result(item, data) if self.direct else _gateway_result(data)
+        if described.status != "filtered" and not described.description.strip():
+            # nothing to publish; sampling again usually gives text, so it is retried like an outage
+            raise Transient(UpstreamError("The model answered with no text."))
+        return described
 
     def _direct_result(self, item: Item, data: Any) -> Described:
         try:

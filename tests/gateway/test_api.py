@@ -94,6 +94,19 @@ def test_predict_cache_hit_on_repeat(client: httpx.Client, sim: Sim) -> None:
     assert len(sim.requests()) == 1
 
 
+def test_an_empty_answer_is_not_cached(client: httpx.Client, sim: Sim) -> None:
+    body = {"image": b64(jpeg(seed=5)), "style": "kids_guide"}
+    sim.configure(tokens=0)
+    empty = client.post("/v1/models/qwen-vl:predict", json=body).json()
+    assert empty["description"] == "" and empty["cached"] is False
+    sim.configure(tokens=64)
+    again = client.post("/v1/models/qwen-vl:predict", json=body).json()
+    assert again["cached"] is False and again["description"]
+    third = client.post("/v1/models/qwen-vl:predict", json=body).json()
+    assert third["cached"] is True and third["description"] == again["description"]
+    assert len(sim.requests()) == 2
+
+
 def test_describe_form_upload(client: httpx.Client, sim: Sim) -> None:
     r = client.post(
         "/v1/describe",

@@ -47,6 +47,7 @@ class Peer:
         self.script: dict[str, list[Scripted]] = {}  # image name -> answers given before success
         self.cached: set[str] = set()
         self.blocked: set[str] = set()
+        self.empty: Counter[str] = Counter()  # image name -> answers with no text given before one with text
         self.requests: Counter[tuple[str, str, str]] = Counter()
         self.successes: Counter[tuple[str, str, str]] = Counter()
         self.times: dict[tuple[str, str, str], list[float]] = {}
@@ -81,9 +82,12 @@ class Peer:
             self.successes[key] += 1
         title = (body.get("metadata") or {}).get("title", "")
         blocked = name in self.blocked
+        with self.lock:
+            empty = self.empty[name] > 0
+            self.empty[name] -= empty
         answer: dict[str, Any] = {
             "id": uuid.uuid4().hex,
-            "description": "" if blocked else f"{key[1]}/{key[2]} {name} {title}".strip(),
+            "description": "" if blocked else " \n" if empty else f"{key[1]}/{key[2]} {name} {title}".strip(),
             "style": key[1],
             "style_version": "v-" + key[1],
             "language": key[2],

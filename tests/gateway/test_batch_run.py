@@ -198,6 +198,22 @@ async def test_retries_backoff_retry_after_and_permanent_failures(tmp_path: Path
     assert reasons["art03.jpg"].attempts == 3 and "model server down" in reasons["art03.jpg"].reason
 
 
+async def test_an_answer_with_no_text_is_tried_again_not_published(tmp_path: Path) -> None:
+    images = make_images(3)
+    folder = folder_of(tmp_path, images)
+    peer = Peer(images)
+    peer.empty.update({"art00.jpg": 1, "art01.jpg": 5})
+    with running(peer) as url:
+        summary = await run_batch(cfg(tmp_path, folder, url, retries=2))
+    assert (summary.done, summary.failed) == (2, 1)
+    assert peer.requests[("art00.jpg", "curator", "zh")] == 2 and peer.requests[("art01.jpg", "curator", "zh")] == 3
+    (failure,) = summary.failures
+    assert failure.source == "art01.jpg" and "no text" in failure.reason and failure.attempts == 3
+    records = jsonl(tmp_path / "out" / "results.jsonl")
+    assert sorted(r["source"] for r in records) == ["art00.jpg", "art02.jpg"]
+    assert all(r["description"].strip() for r in records)
+
+
 async def test_dry_run_sends_nothing_and_counts_what_is_left(tmp_path: Path) -> None:
     images = make_images(4)
     folder = folder_of(tmp_path, images)
