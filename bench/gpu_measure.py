@@ -19,7 +19,8 @@ Sections (each on its own: a failure is recorded in the JSON and the next one ru
             image_max_edge 1024 and 768: peak memory, seconds per step, tokens/s
 
 Writes DIR/gpu_measure.json (everything) and DIR/gpu_measure.md (a table), rewritten after each
-section so that a run cut short still leaves what it measured.
+section so that a run cut short still leaves what it measured. About 2 minutes on an H200; no
+section starts after --budget-s (270 s), and each has its own time limit. --only reruns a subset.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ FULL_VISION: dict[str, Any] = {
 }
 FULL_VOCAB = 151_936
 
+MEASURES = ("vision", "prefill", "decode", "finetune")
 SYSTEM = (
     "You are a museum guide who describes artworks for visitors: what is shown, how it is made, "
     "its period and style, and what to look at closely. Write flowing prose, no lists."
@@ -104,7 +106,7 @@ class Sizes:
     decode_batches: tuple[int, ...]
     train_image: tuple[int, int]
     train_edges: tuple[int, ...]  # image_max_edge values to train with
-    train_prompt_tokens: int
+    train_tokens: int  # a whole record at the largest edge: image + system + prompt + answer
     answer_tokens: int
     train_steps: int
     repeats: int
@@ -125,7 +127,7 @@ FULL = Sizes(
     decode_batches=(1, 64),
     train_image=(1024, 1024),
     train_edges=(1024, 768),
-    train_prompt_tokens=70,
+    train_tokens=1400,
     answer_tokens=300,
     train_steps=6,
     repeats=10,
@@ -146,7 +148,7 @@ TINY = Sizes(
     decode_batches=(1, 64),
     train_image=(320, 320),
     train_edges=(320, 256),
-    train_prompt_tokens=40,
+    train_tokens=300,
     answer_tokens=60,
     train_steps=4,
     repeats=5,
@@ -241,10 +243,14 @@ class Run:
         if not self.cuda:
             return {}
         free, total = torch.cuda.mem_get_info()
+        used, reserved = total - free, torch.cuda.memory_reserved()
         return {
             "max_allocated": _gb(torch.cuda.max_memory_allocated()),
             "max_reserved": _gb(torch.cuda.max_memory_reserved()),
-            "device_used_now": _gb(total - free),  # what nvidia-smi shows: + CUDA context, other processes
+            "device_used_now": _gb(used),  # what nvidia-smi shows: + CUDA context, cuBLAS, other processes
+            "outside_torch_now": _gb(used - reserved),
+            # what a card must hold at the peak: the allocator's peak plus what lies outside it
+            "card_peak_est": _gb(torch.cuda.max_memory_reserved() + used - reserved),
         }
 
     def save(self) -> None:
@@ -368,11 +374,16 @@ def build_model(run: Run, config: Any) -> tuple[Any, dict[str, Any]]:
     with run.device:
         model = _from_config(Qwen3VLForConditionalGeneration, config, run.dtype)
     meta = [n for n, p in model.named_parameters() if p.device.type == "meta"]
-    if meta:  # an init that deferred the weights: make them here
+    if meta:  # a transformers that deferred the weights: make them here (norms 1, biases 0, the rest N(0, 0.02))
         model.to_empty(device=run.device)
         with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0.0, 0.02)
+            for n, p in model.named_parameters():
+                if n.endswith("bias"):
+                    p.zero_()
+                elif "norm" in n:
+                    p.fill_(1.0)
+                else:
+                    p.normal_(0.0, 0.02)
     elsewhere = {str(p.device) for p in model.parameters()} - {str(torch.empty(0, device=run.device).device)}
     if elsewhere:
         model.to(run.device)
@@ -428,15 +439,7 @@ def gateway_inputs(run: Run, processor: Any, size: tuple[int, int]) -> tuple[dic
 
 def repeat_batch(inputs: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
     """``n`` copies of one request as one batch (same length: no padding); images concatenated."""
-    out = {}
-    for k, v in inputs.items():
-        if k == "pixel_values":
-            out[k] = torch.cat([v] * n)
-        elif k == "image_grid_thw":
-            out[k] = v.repeat(n, 1)
-        else:
-            out[k] = v.repeat(n, 1)
-    return out
+    return {k: torch.cat([v] * n) if k == "pixel_values" else v.repeat(n, 1) for k, v in inputs.items()}
 
 
 def reset_rope(model: Any) -> None:
@@ -550,22 +553,12 @@ def prefill_section(run: Run, model: Any, processor: Any, vision: dict[str, Any]
             )
             del batch
             run.free()
-        # the language model alone, fed the vision tower's output (transformers versions that take it)
         try:
-            feats = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
-            lm_only = {k: v for k, v in inputs.items() if k != "pixel_values"}
-
-            def lm_forward() -> Any:
-                reset_rope(model)
-                return model(**lm_only, mm_encoder_outputs={"image": feats}, use_cache=True, **extra)
-
-            out["language_model_only_batch_1"] = run.bench(lm_forward)
-            say(
-                f"   prefill, language model only (image features given): {out['language_model_only_batch_1']['median_ms']:.1f} ms"
-            )
-            del feats
-        except Exception as exc:  # an optional figure: older transformers lack mm_encoder_outputs
-            out["language_model_only_batch_1"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            lm = language_model_only(run, model, inputs, extra)
+            say(f"   prefill, language model only (vision output precomputed): {lm['median_ms']:.1f} ms")
+        except Exception as exc:  # an optional figure, from a shortcut into the model's internals
+            lm = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        out["language_model_only_batch_1"] = lm
     one = out["batch_1"]["median_ms"]
     out["ttft_floor_ms"] = one
     out["ttft_note"] = (
@@ -577,6 +570,28 @@ def prefill_section(run: Run, model: Any, processor: Any, vision: dict[str, Any]
         out["language_model_est_ms"] = round(one - vision_ms, 3)
     say(f"   TTFT floor, one request: {one:.1f} ms (vision alone {vision_ms} ms)")
     return out
+
+
+def language_model_only(run: Run, model: Any, inputs: dict[str, torch.Tensor], extra: dict[str, Any]) -> Any:
+    """The same forward with the vision tower's output computed once beforehand: the language model's prefill.
+
+    The model's forward gets its image features from ``model.model.get_image_features``; for the
+    timing that method is shadowed on the instance by one that returns the precomputed output
+    (transformers 5.17 and 5.19 both call it and read pooler_output and deepstack_features).
+    """
+    inner = model.model
+    with torch.no_grad():
+        feats = inner.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"], return_dict=True)
+    inner.get_image_features = lambda *args, **kwargs: feats
+    try:
+
+        def forward() -> Any:
+            reset_rope(model)
+            return model(**inputs, use_cache=True, **extra)
+
+        return run.bench(forward)
+    finally:
+        del inner.get_image_features  # the class's method again
 
 
 def decode_section(run: Run, model: Any) -> dict[str, Any]:
@@ -597,34 +612,21 @@ def decode_section(run: Run, model: Any) -> dict[str, Any]:
             cache = pre.past_key_values
             nxt = pre.logits[:, -1:].argmax(-1)
             del pre, ids
-            mask = torch.ones(b, context + 64, dtype=torch.long, device=run.device)
-            position = torch.tensor([context], device=run.device)
-            state = {"len": context}
-            can_crop = hasattr(cache, "crop")
-
-            def step(cache: Any = cache, nxt: torch.Tensor = nxt, mask: torch.Tensor = mask) -> Any:
-                n = state["len"]
-                r = model(
-                    input_ids=nxt,
-                    attention_mask=mask[:, : n + 1],
-                    past_key_values=cache,
-                    use_cache=True,
-                    cache_position=position + (n - context),
-                )
-                if can_crop:
-                    cache.crop(context)
-                else:
-                    state["len"] += 1
-                return r
-
-            r = run.bench(step, warmup=3, repeats=20)
-            r.update(batch=b, tokens_per_s=round(b * 1e3 / r["median_ms"], 1), cache_cropped=can_crop)
+            r = run.bench(lambda cache=cache, nxt=nxt: decode_step(model, cache, nxt), warmup=3, repeats=20)
+            r.update(batch=b, tokens_per_s=round(b * 1e3 / r["median_ms"], 1), cache_after=cache.get_seq_length())
             out[f"batch_{b}"] = r
-            say(
-                f"   decode batch {b}, {context}-token cache: {r['median_ms']:.2f} ms/step ({r['tokens_per_s']} tokens/s)"
-            )
-            del cache, nxt, mask
+            say(f"   decode batch {b}, {context}-token cache: {r['median_ms']:.2f} ms/step ({r['tokens_per_s']} tok/s)")
+            del cache, nxt
             run.free()
+    return out
+
+
+def decode_step(model: Any, cache: Any, nxt: torch.Tensor) -> Any:
+    """One token per sequence on top of ``cache``, then the cache cut back (crop(-1): the last token)."""
+    n = cache.get_seq_length()
+    mask = torch.ones(nxt.shape[0], n + 1, dtype=torch.long, device=nxt.device)
+    out = model(input_ids=nxt, attention_mask=mask, past_key_values=cache, use_cache=True)
+    cache.crop(-1)
     return out
 
 
@@ -645,6 +647,7 @@ class Trainer:
         from serving.finetune.config import build_config
 
         self.run, self.processor = run, processor
+        self._example: Any = None
         overrides: dict[str, Any] = {"grad_accum": 1}
         if not run.cuda:
             overrides.update(device="cpu", dtype="float32")
@@ -666,14 +669,27 @@ class Trainer:
         self.trainable = sum(p.numel() for p in self.params)
         self.lora_dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in self.params})
 
-    def example(self, tokenizer: Any) -> Any:
+    def example(self) -> Any:
+        """One record like the ``finetune`` export's: system, [image, prompt], answer; the prompt's
+        length is set so that the record has ``train_tokens`` tokens at the largest image edge."""
         from serving.finetune.data import Example
+        from serving.finetune.encode import Encoder
 
+        if self._example is not None:
+            return self._example
+        sizes, tokenizer = self.run.sizes, self.processor.tokenizer
         buf = io.BytesIO()
-        noise_image(self.run.sizes.train_image, seed=1).save(buf, "JPEG", quality=90)
-        prompt = text_of_tokens(tokenizer, self.run.sizes.train_prompt_tokens, offset=3)
-        answer = text_of_tokens(tokenizer, self.run.sizes.answer_tokens, offset=5)
-        return Example(1, SYSTEM, (("image", ""), ("text", prompt)), buf.getvalue(), answer)
+        noise_image(sizes.train_image, seed=1).save(buf, "JPEG", quality=90)
+        answer = text_of_tokens(tokenizer, sizes.answer_tokens, offset=5)
+
+        def record(prompt_tokens: int) -> Any:
+            prompt = text_of_tokens(tokenizer, prompt_tokens, offset=3)
+            return Example(1, SYSTEM, (("image", ""), ("text", prompt)), buf.getvalue(), answer)
+
+        probe = Encoder(self.processor, max(sizes.train_edges), 1 << 20)
+        rest = int(probe(record(8))["input_ids"].numel()) - 8
+        self._example = record(max(8, sizes.train_tokens - rest))
+        return self._example
 
     def measure(self, edge: int) -> dict[str, Any]:
         from transformers import get_scheduler
@@ -683,7 +699,7 @@ class Trainer:
 
         run, cfg, model = self.run, self.cfg, self.model
         encoder = Encoder(self.processor, edge, cfg.max_length)
-        ex = self.example(self.processor.tokenizer)
+        ex = self.example()
         t0 = time.perf_counter()
         item = encoder(ex)
         encode_ms = (time.perf_counter() - t0) * 1e3
@@ -749,10 +765,14 @@ class Trainer:
             out["memory"] = run.memory()
             out["memory_after_first_step"] = mem_after_first
             out["allocated_before_training"] = _gb(base)
+            # qwen3-vl-8b-24gb.toml: "~22 GB in all" on a 24 GB card (24 GiB = 25.8 GB)
+            left = 24 * GIB - out["memory"]["card_peak_est"]["gib"] * GIB
+            out["left_of_24_gib"] = f"{left / GIB:.2f} GiB ({left / GB:.2f} GB)"
+            m = out["memory"]
             say(
-                f"   peak allocated {out['memory']['max_allocated']['gb']} GB "
-                f"({out['memory']['max_allocated']['gib']} GiB), peak reserved {out['memory']['max_reserved']['gb']} GB "
-                f"({out['memory']['max_reserved']['gib']} GiB), device used {out['memory']['device_used_now']['gb']} GB"
+                f"   peak allocated {m['max_allocated']['gb']} GB ({m['max_allocated']['gib']} GiB), "
+                f"peak reserved {m['max_reserved']['gb']} GB ({m['max_reserved']['gib']} GiB), "
+                f"on the card (reserved + context) ~{m['card_peak_est']['gb']} GB ({m['card_peak_est']['gib']} GiB)"
             )
         say(
             f"   {per_step:.3f} s/step (median after the first), {out['tokens_per_s']} tokens/s, "
@@ -779,9 +799,8 @@ def full_config_check(processor: Any) -> dict[str, Any]:
         model = _from_config(Qwen3VLForConditionalGeneration, config, torch.bfloat16)
     counts = param_counts(model)
     ok = abs(counts["total"] - EXPECTED_PARAMS_8B) < 0.01e9
-    say(
-        f"   8B config on meta: {counts['total'] / 1e9:.3f} B params {counts} ({'matches' if ok else 'DIFFERS from'} 8.77 B)"
-    )
+    verdict = "matches" if ok else "DIFFERS from"
+    say(f"   8B config on meta: {counts['total'] / 1e9:.3f} B params {counts} ({verdict} 8.77 B)")
     return {"params": counts, "matches_8_77b": ok}
 
 
@@ -804,11 +823,14 @@ def markdown(res: dict[str, Any]) -> str:
         rows.append((label, "n/a" if value is None else fmt.format(value)))
 
     f = get("facts") or {}
-    add("GPU", f.get("gpu") or f.get("cpu"))
-    add("GPU memory", (f.get("total_memory") or {}).get("gib"), "{} GiB")
+    if f.get("gpu"):
+        add("GPU", f"{f['gpu']}, {f['total_memory']['gib']} GiB")
+    else:
+        add("device", f"CPU {f.get('cpu')}, {f.get('threads')} threads")
     add("torch / transformers / peft", f"{f.get('torch')} / {f.get('transformers')} / {f.get('peft')}")
     add("parameters", get("build", "params", "total"), "{:,}")
-    add("attention", (get("build", "attn_implementation") or {}).get("text"))
+    attn = get("build", "attn_implementation") or {}
+    add("attention implementation", f"{attn.get('text')} (vision tower {attn.get('vision')})")
     for key in ("one_image", "one_square_image", "batch_16"):
         v = get("vision", key)
         if v:
@@ -817,7 +839,14 @@ def markdown(res: dict[str, Any]) -> str:
                 v["median_ms"],
                 "{:.1f} ms",
             )
-    add("prefill, 1 request (image 1024x768 + text), = TTFT floor", get("prefill", "batch_1", "median_ms"), "{:.1f} ms")
+    req = get("prefill", "request") or {}
+    image = (get("vision", "one_image") or {}).get("image_px", "?")
+    add(
+        f"prefill, 1 request (image {image}: {req.get('visual_tokens')} + {req.get('text_tokens')} text tokens) "
+        "= TTFT floor",
+        get("prefill", "batch_1", "median_ms"),
+        "{:.1f} ms",
+    )
     add("  of which the language model (est.)", get("prefill", "language_model_est_ms"), "{:.1f} ms")
     add("  language model alone, measured", get("prefill", "language_model_only_batch_1", "median_ms"), "{:.1f} ms")
     b = get("prefill", "batch_16")
@@ -827,23 +856,23 @@ def markdown(res: dict[str, Any]) -> str:
     for k in ("batch_1", "batch_64"):
         d = get("decode", k)
         if d:
+            context = get("decode", "context_tokens")
             add(
-                f"decode step, batch {d['batch']}, {get('decode', 'context_tokens')}-token cache (HF eager, upper bound)",
+                f"decode step, batch {d['batch']}, {context}-token cache (HF eager: an upper bound)",
                 f"{d['median_ms']:.2f} ms ({d['tokens_per_s']} tokens/s)",
             )
-    for name in sorted(k for k in s if k.startswith("finetune_")):
-        t = s[name]
-        if not t.get("ok"):
-            continue
+    tuned = [v for k, v in s.items() if k.startswith("finetune_") and v.get("ok")]
+    for t in sorted(tuned, key=lambda v: -int(v["image_max_edge"])):
         m = t.get("memory") or {}
         label = f"LoRA step, image {t['image_max_edge']} px ({t['record_tokens']} tokens)"
         add(label, f"{t['seconds_per_step']:.3f} s/record, {t['tokens_per_s']:,} tokens/s")
         if m:
             add(
-                "  peak memory (allocated / reserved)",
-                f"{m['max_allocated']['gb']} GB ({m['max_allocated']['gib']} GiB) / "
-                f"{m['max_reserved']['gb']} GB ({m['max_reserved']['gib']} GiB)",
+                "  peak memory: allocated / reserved / on the card (+ CUDA context)",
+                f"{m['max_allocated']['gb']} / {m['max_reserved']['gb']} / {m['card_peak_est']['gb']} GB "
+                f"({m['max_allocated']['gib']} / {m['max_reserved']['gib']} / {m['card_peak_est']['gib']} GiB)",
             )
+            add("  left on a 24 GiB card at the peak (the config claims ~22 GB in all)", t.get("left_of_24_gib"))
         add("  trainable parameters", t["trainable_params"], "{:,}")
     failed = [f"{k}: {v.get('error')}" for k, v in s.items() if not v.get("ok")]
     lines = [
@@ -870,7 +899,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_measure.json and gpu_measure.md")
     parser.add_argument("--tiny", action="store_true", help="toy sizes on the CPU in float32 (tests the code path)")
     parser.add_argument("--budget-s", type=float, default=None, help="stop starting sections after this (default 270)")
+    parser.add_argument(
+        "--only",
+        default=",".join(MEASURES),
+        help=f"comma-separated subset of {','.join(MEASURES)} (default all; facts and the model always run)",
+    )
     args = parser.parse_args(argv)
+    only = {m.strip() for m in args.only.split(",") if m.strip()}
+    if only - set(MEASURES):
+        parser.error(f"--only: unknown {', '.join(sorted(only - set(MEASURES)))}; choose from {', '.join(MEASURES)}")
     sizes = TINY if args.tiny else FULL
     run = Run(sizes, args.out, args.budget_s or sizes.budget_s)
     if run.cuda and not torch.cuda.is_available():
@@ -878,8 +915,6 @@ def main(argv: list[str] | None = None) -> int:
         run.results["sections"]["facts"] = {"ok": False, "error": "no CUDA GPU visible to torch"}
         run.save()
         return 2
-    if not run.cuda:
-        torch.set_num_threads(max(1, torch.get_num_threads()))
     say(f"gpu_measure: mode {sizes.name}, {run.dtype}, out {args.out}")
     run.section("facts", lambda: facts(run), 30)
 
@@ -889,13 +924,9 @@ def main(argv: list[str] | None = None) -> int:
     def processor_section() -> dict[str, Any]:
         from transformers import AutoProcessor
 
-        t0 = time.perf_counter()
         folder = build_tiny_model(Path(tmp.name) / "tiny-qwen3-vl")
         state["processor"] = AutoProcessor.from_pretrained(str(folder))
-        return {
-            "source": "serving.tiny_model (locally trained tokenizer)",
-            "seconds": round(time.perf_counter() - t0, 1),
-        }
+        return {"source": "serving.tiny_model's folder: its locally trained tokenizer and Qwen3-VL processor"}
 
     run.section("processor", processor_section, 90)
     processor = state.get("processor")
@@ -927,23 +958,23 @@ def main(argv: list[str] | None = None) -> int:
     run.section("build", build_section, 150)
     model = state.get("model")
     if model is not None:
-        vision = run.section("vision", lambda: vision_section(run, model, processor), 40)
-        run.section("prefill", lambda: prefill_section(run, model, processor, vision), 50)
-        run.section("decode", lambda: decode_section(run, model), 45)
+        vision = run.section("vision", lambda: vision_section(run, model, processor), 40) if "vision" in only else None
+        if "prefill" in only:
+            run.section("prefill", lambda: prefill_section(run, model, processor, vision), 50)
+        if "decode" in only:
+            run.section("decode", lambda: decode_section(run, model), 45)
 
         def finetune(edge: int) -> dict[str, Any]:
             if "trainer" not in state:
                 state["trainer"] = Trainer(run, model, processor)
             return state["trainer"].measure(edge)
 
-        for edge in sizes.train_edges:
+        for edge in sizes.train_edges if "finetune" in only else ():
             run.section(f"finetune_{edge}", lambda edge=edge: finetune(edge), 60)
     run.results["finished"] = True
     run.save()
     tmp.cleanup()
-    say(
-        f"\ndone in {time.perf_counter() - run.started:.0f} s: {args.out / 'gpu_measure.json'}, {args.out / 'gpu_measure.md'}"
-    )
+    say(f"\ndone in {time.perf_counter() - run.started:.0f} s: {args.out}/gpu_measure.json and gpu_measure.md")
     say((args.out / "gpu_measure.md").read_text())
     return 0
 

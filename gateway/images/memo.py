@@ -7,15 +7,16 @@ and its data URL (base64 of ~100 KB is worth keeping too).
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
+
+from blake3 import blake3
 
 from gateway.images.payload import decode_image_payload
 from gateway.images.prepare import ImageOptions, PreparedImage
 from gateway.images.worker import ImageWorker
 
 # uploads up to this size (as sent: base64 text counts) are hashed on the event loop for the memo
-# (about 1 ms per 4 MB)
+# (BLAKE3: about 0.6 ms per 4 MB)
 MEMO_MAX_BYTES = 6 * 1024 * 1024
 
 
@@ -31,10 +32,10 @@ class ImageMemo:
         if len(seen) > MEMO_MAX_BYTES or self.entries <= 0:
             image = await self.worker.prepare(_raw(source), options)
             return image, image.data_url()
-        h = hashlib.sha256(repr(options).encode())  # SHA extensions: faster than BLAKE2b here
+        h = blake3(repr(options).encode())
         h.update(b"b64:" if isinstance(source, str) else b"raw:")
         h.update(seen)
-        key = h.digest()[:16]
+        key = h.digest(16)
         hit = self._memo.get(key)
         if hit is not None:
             self._memo.move_to_end(key)

@@ -4,12 +4,12 @@ readable top to bottom."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import time
 from dataclasses import dataclass
 
 import numpy as np
 import simplejpeg
+from blake3 import blake3
 from PIL import Image
 
 from gateway.cache.fingerprint import content_box, fingerprint, fit
@@ -182,8 +182,9 @@ def _encode(rgb: np.ndarray, quality: int) -> bytes:
 def pixel_digest(rgb: np.ndarray) -> str:
     """The exact cache key: the normalized pixels and their shape, hashed where they lie (building
     one bytes object of them copied 2.4 MB twice, which cost as much as the hashing itself).
-    SHA-256, truncated to 128 bits: with the SHA extensions of current x86 and ARM server CPUs it
-    hashes 2.4 MB in ~1.4 ms, where BLAKE2b took ~3.5 ms."""
-    h = hashlib.sha256(repr(rgb.shape).encode())
+    BLAKE3, 128 bits: 2.4 MB in ~0.4 ms on one core here, where SHA-256 (with the SHA extensions)
+    took ~1.3 ms and BLAKE2b ~3.5. A cryptographic hash, because artworks are stored by this key
+    across tenants: two images that collide would share a stored artwork."""
+    h = blake3(repr(rgb.shape).encode())
     h.update(np.ascontiguousarray(rgb).data)
-    return h.hexdigest()[:32]
+    return h.hexdigest(16)
