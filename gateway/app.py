@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from gateway.api import chat, describe, meta, reviews
 from gateway.api.body import document_bodies
+from gateway.api.hot import HotRoutes
 from gateway.breaker import FaultMetrics
 from gateway.cache import CacheMetrics, build_cache
 from gateway.catalog import ModelCatalog
@@ -93,7 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(describe.router)
     app.include_router(reviews.router)
     document_bodies(app)
-    # added first, so it runs inside GatewayMiddleware: admission and the body limit come before keys
+    # innermost: the hot routes skip the router only after admission, the body limit and the keys
+    app.add_middleware(HotRoutes, fastapi=app, routers=[chat.router, describe.router])
+    # added before GatewayMiddleware, so it runs inside it: admission and the body limit come before keys
     app.add_middleware(
         SecurityMiddleware,
         keys=security.keys,
