@@ -2,6 +2,10 @@
 
 image -> preprocess -> cache -> style -> upstream -> safety -> store -> answer
 
+A request that may use the cache stages its image (``ImageMemo.stage``): the keys first, then the
+model-ready JPEG only on a miss that goes upstream; every way out (a hit, a joined flight, an error,
+a cancelled request, a client gone mid-stream) drops what was not finished, so no worker waits.
+
 The routers (``gateway/api``) turn a request into a ``Job`` and the ``Result`` (or the stream of
 ``Delta`` then ``Result``) into their wire format (the three are in ``gateway/job.py``); everything
 in between happens here.
@@ -12,14 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.cache import CacheHit, DescriptionCache
 from gateway.config import Settings
-from gateway.images import ImageOptions, ImageWorker, PreparedImage
-from gateway.images.memo import ImageMemo
+from gateway.images import ImageKeys, ImageOptions, ImageWorker, PreparedImage
+from gateway.images.memo import ImageMemo, StagedUpload
 from gateway.job import Delta, EncodedImage, Job, Result
 from gateway.metrics import GatewayMetrics
 from gateway.prompting import build_messages, cache_scope
@@ -31,13 +35,28 @@ from gateway.upstream import Upstream
 @dataclass
 class _Prepared:
     job: Job
-    image: PreparedImage
-    messages: list[dict[str, Any]]
+    keys: ImageKeys
     scope: str
     model: str
     adapter: str | None
     started: float
-    data_url: str
+    upload: StagedUpload | None = None  # staged for the cache: finish() for the image, else drop()
+    # the image and the messages carrying it: made by _ready(), only for a request that goes upstream
+    image: PreparedImage | None = None
+    data_url: str = ""
+    messages: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def prepared(self) -> PreparedImage:
+        if self.image is None:
+            raise RuntimeError("the image was not finished: _ready() comes before the model is asked")
+        return self.image
+
+    def release(self) -> None:
+        """The staged image is not needed (a hit, a joined flight, a failure): its worker is freed.
+        Nothing happens once it was finished."""
+        if self.upload is not None:
+            self.upload.drop()
 
 
 class Describer:
@@ -69,47 +88,55 @@ class Describer:
 
     async def describe(self, job: Job) -> Result:
         prep = await self._prepare(job)
-        hit = await self._lookup(prep)
-        if hit is not None:
-            return hit
-        return await self._coalesced(prep, self._generate)
+        try:
+            hit = await self._lookup(prep)
+            if hit is not None:
+                prep.release()
+                return hit
+            return await self._coalesced(prep, self._generate)
+        finally:
+            prep.release()
 
     async def stream(self, job: Job) -> AsyncIterator[Delta | Result]:
         prep = await self._prepare(job)
-        hit = await self._lookup(prep)
-        if hit is None and self._flight_key(prep) in self._flights:
-            hit = await self._join(self._flight_key(prep), prep)
-        if hit is not None:
-            yield Delta(hit.description)
-            yield hit
-            return
-        key = self._flight_key(prep)
-        future = self._lead(key)
         try:
-            result: Result | None = None
-            async for event in self._stream_generate(prep):
-                if isinstance(event, Result):
-                    result = event
-                yield event
-            if result is not None and not future.done():
-                future.set_result(result)
-        except BaseException as e:
-            if not future.done():
-                future.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
-                future.exception()  # retrieved here, so an unjoined failure is not logged twice
-            raise
+            hit = await self._lookup(prep)
+            if hit is None and self._flight_key(prep) in self._flights:
+                prep.release()
+                hit = await self._join(self._flight_key(prep), prep)
+            if hit is not None:
+                prep.release()
+                yield Delta(hit.description)
+                yield hit
+                return
+            key = self._flight_key(prep)
+            future = self._lead(key)
+            try:
+                result: Result | None = None
+                async for event in self._stream_generate(prep):
+                    if isinstance(event, Result):
+                        result = event
+                    yield event
+                if result is not None and not future.done():
+                    future.set_result(result)
+            except BaseException as e:
+                if not future.done():
+                    future.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
+                    future.exception()  # retrieved here, so an unjoined failure is not logged twice
+                raise
+            finally:
+                self._flights.pop(key, None)
         finally:
-            self._flights.pop(key, None)
+            prep.release()  # a client gone mid-stream included: the generator is closed
 
     # ---- steps --------------------------------------------------------------------------
 
     async def _prepare(self, job: Job) -> _Prepared:
+        """The image's cache keys; for a request that skips the cache, the model-ready image at once
+        (no verdict round trip to the worker)."""
         started = time.perf_counter()
         options = job.options or ImageOptions.from_settings(self.settings)
         upload = job.image.text if isinstance(job.image, EncodedImage) else job.image
-        image, data_url = await self.memo.prepare(upload, options)
-        canary = self.safety.canary if self.safety else ""
-        messages = build_messages(job.style, job.language, data_url, job.metadata, job.request, canary)
         adapter = job.adapter or job.style.adapter or None
         model = adapter or self.settings.upstream_model
         scope = cache_scope(
@@ -123,16 +150,31 @@ class Describer:
             request=job.request,
             options=(options.crop_borders, options.correct_glare),
         )
-        return _Prepared(job, image, messages, scope, model, adapter, started, data_url)
+        # last, with nothing after it that can fail: the caller's try/finally drops what is staged
+        if self._cacheable(job):
+            staged = await self.memo.stage(upload, options)
+            return _Prepared(job, staged.keys, scope, model, adapter, started, upload=staged)
+        image, data_url = await self.memo.prepare(upload, options)
+        return _Prepared(job, image, scope, model, adapter, started, image=image, data_url=data_url)
 
-    def _cacheable(self, prep: _Prepared) -> bool:
-        return self.cache is not None and prep.job.use_cache and prep.job.style.cache
+    async def _ready(self, prep: _Prepared) -> None:
+        """What going upstream needs: the model-ready image (a staged one finished) and the messages."""
+        if prep.image is None:
+            assert prep.upload is not None
+            prep.image, prep.data_url = await prep.upload.finish()
+        if not prep.messages:
+            job = prep.job
+            canary = self.safety.canary if self.safety else ""
+            prep.messages = build_messages(job.style, job.language, prep.data_url, job.metadata, job.request, canary)
+
+    def _cacheable(self, job: Job) -> bool:
+        return self.cache is not None and job.use_cache and job.style.cache
 
     async def _lookup(self, prep: _Prepared) -> Result | None:
-        if not self._cacheable(prep):
+        if not self._cacheable(prep.job):
             return None
         assert self.cache is not None
-        hit: CacheHit | None = await self.cache.get(prep.scope, prep.image)
+        hit: CacheHit | None = await self.cache.get(prep.scope, prep.keys)
         if hit is None:
             return None
         value = hit.value
@@ -153,7 +195,7 @@ class Describer:
         )
 
     def _flight_key(self, prep: _Prepared) -> str:
-        return prep.scope + ":" + prep.image.digest
+        return prep.scope + ":" + prep.keys.digest
 
     def _lead(self, key: str) -> asyncio.Future[Result]:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -168,10 +210,11 @@ class Describer:
         )
 
     async def _coalesced(self, prep: _Prepared, work: Callable[[_Prepared], Awaitable[Result]]) -> Result:
-        if not self._cacheable(prep):
+        if not self._cacheable(prep.job):
             return await work(prep)
         key = self._flight_key(prep)
         if key in self._flights:
+            prep.release()  # the leader's answer will do: this image is not needed
             return await self._join(key, prep)
         future = self._lead(key)
         try:
@@ -212,6 +255,7 @@ class Describer:
         return text, choice.get("finish_reason"), _usage(data.get("usage"))
 
     async def _generate(self, prep: _Prepared) -> Result:
+        await self._ready(prep)
         lang = prep.job.language
         text, finish, usage = await self._complete(prep)
         verdict = self._check(text, lang)
@@ -241,6 +285,7 @@ class Describer:
         )
 
     async def _stream_generate(self, prep: _Prepared) -> AsyncIterator[Delta | Result]:
+        await self._ready(prep)
         sf = self.safety.stream(prep.job.language) if self.safety else None
         parts: list[str] = []
         finish: str | None = None
@@ -312,9 +357,9 @@ class Describer:
         self.metrics.generated_tokens.labels(style.name).inc(usage.get("completion_tokens", 0))
         self.metrics.prompt_tokens.labels(style.name).inc(usage.get("prompt_tokens", 0))
         # an empty answer is no description: not cached, so asking again can give one
-        if text.strip() and not verdict.withheld and finish != "content_filter" and self._cacheable(prep):
+        if text.strip() and not verdict.withheld and finish != "content_filter" and self._cacheable(prep.job):
             assert self.cache is not None
-            asyncio.get_running_loop().create_task(self.cache.put(prep.scope, prep.image, self._cache_value(result)))
+            asyncio.get_running_loop().create_task(self.cache.put(prep.scope, prep.keys, self._cache_value(result)))
         if self.store is not None:
             self.store.record(self._record(prep, result))
         return result
@@ -325,15 +370,15 @@ class Describer:
         return {k: getattr(result, k) for k in keep}
 
     def _record(self, prep: _Prepared, result: Result) -> DescriptionRecord:
-        job = prep.job
+        job, image = prep.job, prep.prepared  # a record is of a miss: its image was finished upstream of here
         system = prep.messages[0]["content"]
         user_text = prep.messages[1]["content"][1]["text"]
         return DescriptionRecord(
             id=result.id,
-            artwork_digest=prep.image.digest,
-            phash=prep.image.phash,
-            thumbnail=prep.image.thumbnail,
-            image_jpeg=prep.image.jpeg,
+            artwork_digest=image.digest,
+            phash=image.phash,
+            thumbnail=image.thumbnail,
+            image_jpeg=image.jpeg,
             source=job.source,
             metadata=job.metadata,
             style=result.style,

@@ -13,15 +13,15 @@ from gateway.cache.metrics import CacheMetrics
 from gateway.config import Settings
 
 if TYPE_CHECKING:
-    from gateway.images import PreparedImage
+    from gateway.images import ImageKeys
 
 __all__ = ["CacheHit", "CacheMetrics", "DescriptionCache", "build_cache"]
 
 
 class DescriptionCache(Protocol):
-    async def get(self, scope: str, image: PreparedImage) -> CacheHit | None: ...
+    async def get(self, scope: str, image: ImageKeys) -> CacheHit | None: ...
 
-    async def put(self, scope: str, image: PreparedImage, value: dict[str, Any]) -> None: ...
+    async def put(self, scope: str, image: ImageKeys, value: dict[str, Any]) -> None: ...
 
     async def ready(self) -> tuple[bool, str]: ...
 

@@ -14,7 +14,7 @@ from gateway.cache.index import NearIndex
 from gateway.cache.metrics import CacheMetrics
 
 if TYPE_CHECKING:
-    from gateway.images import PreparedImage
+    from gateway.images import ImageKeys
 
 
 @dataclass
@@ -59,7 +59,7 @@ class MemoryCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get(self, scope: str, image: PreparedImage) -> CacheHit | None:
+    async def get(self, scope: str, image: ImageKeys) -> CacheHit | None:
         started = time.perf_counter()
         hit = self.lookup(scope, image.digest, image.phash, image.signature)
         self._rec.done(hit, started)
@@ -84,7 +84,7 @@ class MemoryCache:
             self._rec.rejected()
         return None
 
-    async def put(self, scope: str, image: PreparedImage, value: dict[str, Any]) -> None:
+    async def put(self, scope: str, image: ImageKeys, value: dict[str, Any]) -> None:
         self.store(scope, image.digest, image.phash, image.signature, value)
 
     def store(self, scope: str, digest: str, phash: int, signature: bytes, value: dict[str, Any]) -> None:

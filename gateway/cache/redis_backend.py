@@ -35,7 +35,7 @@ from gateway.cache.metrics import CacheMetrics
 from gateway.cache.mirror import BLOCK_MS, Candidate, Follower, Mirror, stream_record
 
 if TYPE_CHECKING:
-    from gateway.images import PreparedImage
+    from gateway.images import ImageKeys
 
 log = logging.getLogger("huayu.cache")
 _BLOB = struct.Struct("<2sH")
@@ -110,7 +110,7 @@ class RedisCache:
     def entry_key(self, sid: str, phash: int) -> str:
         return f"{self.prefix}{{{sid}}}:p:{phash:016x}"
 
-    async def get(self, scope: str, image: PreparedImage) -> CacheHit | None:
+    async def get(self, scope: str, image: ImageKeys) -> CacheHit | None:
         started = time.perf_counter()
         hit = None
         self._follow()
@@ -155,7 +155,7 @@ class RedisCache:
             self._rec.rejected()
         return None
 
-    async def put(self, scope: str, image: PreparedImage, value: dict[str, Any]) -> None:
+    async def put(self, scope: str, image: ImageKeys, value: dict[str, Any]) -> None:
         await self.store(scope, image.digest, image.phash, image.signature, value)
 
     async def store(self, scope: str, digest: str, phash: int, signature: bytes, value: dict[str, Any]) -> None:

@@ -9,8 +9,9 @@ resize again), plus the fingerprints the description cache keys on.
     geometry.py     target size, resize, EXIF orientation
     colour.py       ICC profiles to sRGB, the optional lighting correction
     passthrough.py  an upload that already is the model's JPEG, sent on without re-encoding
-    prepare.py      prepare_image(): the steps in order
-    worker.py       the process pool that runs it, the event loop talking to each worker itself
+    prepare.py      prepare_image(): the steps in order, in two stages (the cache keys, then the JPEG)
+    worker.py       the process pool that runs it, the event loop talking to each worker itself;
+                    stage(): the keys first, the JPEG only if the cache has no description
     worker_process.py  the worker's side: its loop, the frames on its pipes
     payload.py      base64 and data URLs to bytes
     memo.py         recent uploads kept model-ready
@@ -19,20 +20,33 @@ resize again), plus the fingerprints the description cache keys on.
 from gateway.images.colour import correct_glare
 from gateway.images.geometry import target_size
 from gateway.images.payload import decode_image_payload
-from gateway.images.prepare import THUMBNAIL_EDGE, ImageOptions, PreparedImage, pixel_digest, prepare_image
+from gateway.images.prepare import (
+    THUMBNAIL_EDGE,
+    ImageKeys,
+    ImageOptions,
+    PreparedImage,
+    StagedImage,
+    pixel_digest,
+    prepare_image,
+    stage_image,
+)
 from gateway.images.source import ACCEPTED_FORMATS, ACCEPTED_TEXT
-from gateway.images.worker import ImageWorker
+from gateway.images.worker import ImageWorker, Staged
 
 __all__ = [
     "ACCEPTED_FORMATS",
     "ACCEPTED_TEXT",
     "THUMBNAIL_EDGE",
+    "ImageKeys",
     "ImageOptions",
     "ImageWorker",
     "PreparedImage",
+    "Staged",
+    "StagedImage",
     "correct_glare",
     "decode_image_payload",
     "pixel_digest",
     "prepare_image",
+    "stage_image",
     "target_size",
 ]

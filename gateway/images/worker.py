@@ -9,6 +9,12 @@ loop (``add_writer``), and reads the answer as it arrives (``add_reader``). A ta
 worker, or waits in a FIFO until one is free, so a burst never puts two images on one core. The
 worker's side and the frames are in ``worker_process.py``.
 
+``stage()`` is the two-phase way, for the description cache: the worker answers with the cache keys
+(a ``Staged``) and keeps the pixels; the JPEG and the thumbnail, ~2 ms of a copy's ~6, are made only
+if the caller then asks (``Staged.finish()``, a miss). ``Staged.drop()`` (a hit) frees the worker at
+once. The worker stays busy between the two; a caller that went away meanwhile, or a ``Staged`` that
+is never finished nor dropped (a watchdog, ``verdict_timeout_s``), is dropped by the pool itself.
+
 The pool binds to the event loop that first uses it (the app's); its processes start then, not in
 ``__init__``. A test that makes one per test, each in its own loop, gets one pool per loop.
 """
@@ -19,14 +25,14 @@ import asyncio
 import logging
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ServiceUnavailable, Unprocessable
-from gateway.images.prepare import ImageOptions, PreparedImage
-from gateway.images.worker_process import Reply, WorkerProcess
+from gateway.images.prepare import ImageKeys, ImageOptions, PreparedImage
+from gateway.images.worker_process import DROP, FINISH, FULL, KEYS_FIRST, Reply, WorkerProcess
 
 if TYPE_CHECKING:
     from gateway.cache.metrics import CacheMetrics
@@ -37,13 +43,66 @@ LOST = "the image could not be processed (the decoder stopped); try another copy
 # workers that die before they are ready, in a row, after which the pool starts no more: a broken
 # install would otherwise respawn forever, each start a second of CPU
 START_ATTEMPTS = 3
+# a staged image neither finished nor dropped by then (a bug) is dropped, so its worker is not lost
+VERDICT_TIMEOUT_S = 30.0
 
 
 @dataclass(eq=False)  # identity: a task is found in the queue by itself, not by comparing uploads
 class _Task:
     data: bytes
     opts: ImageOptions
-    future: asyncio.Future[PreparedImage]
+    future: asyncio.Future[Any]  # a PreparedImage; a Staged for a task in KEYS_FIRST mode
+    mode: int = FULL
+
+
+class Staged:
+    """An image as far as its cache keys (``keys``), its worker holding the pixels: ``finish()`` for
+    the model-ready image (a cache miss), or ``drop()`` (a hit), which frees the worker. Either may be
+    called again, and after the worker died; ``finish()`` after ``drop()`` raises ``RuntimeError``."""
+
+    def __init__(
+        self, pool: ImageWorker, proc: WorkerProcess, keys: ImageKeys, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.keys = keys
+        self._pool = pool
+        self._proc = proc
+        self._outcome: asyncio.Future[PreparedImage] | None = None  # once finish() was asked
+        self._gone: str | None = None  # why it can no longer be finished: dropped, expired, lost, closed
+        self._watchdog = loop.call_later(pool.verdict_timeout_s, self._expire)
+
+    @property
+    def held(self) -> bool:
+        """Its worker waits for the verdict: neither finished nor dropped yet."""
+        return self._outcome is None and self._gone is None
+
+    async def finish(self) -> PreparedImage:
+        if self._outcome is None:
+            if self._gone == "lost":
+                raise Unprocessable(LOST)
+            if self._gone == "closed":
+                raise ServiceUnavailable("the image workers have stopped")
+            if self._gone is not None:
+                raise RuntimeError(f"this staged image was {self._gone}; it cannot be finished")
+            self._outcome = self._pool._finish(self._proc)
+        # shielded: a finish() that is cancelled leaves the answer to a second one
+        return await asyncio.shield(self._outcome)
+
+    def drop(self) -> None:
+        if self.held:
+            self._pool._drop(self._proc)
+
+    def _release(self, why: str) -> None:
+        self._gone = self._gone or why
+        self._watchdog.cancel()
+
+    def _expire(self) -> None:
+        if self.held:
+            log.warning(
+                "image worker %s: a staged image was neither finished nor dropped within %g s; dropped",
+                self._proc.pid,
+                self._pool.verdict_timeout_s,
+            )
+            self._pool._drop(self._proc, why="dropped by the watchdog, unfinished")
 
 
 class _RemoteTraceback(Exception):
@@ -56,13 +115,20 @@ class _RemoteTraceback(Exception):
 class ImageWorker:
     """Runs ``prepare_image`` in a pool of processes, off the event loop, on all cores."""
 
-    def __init__(self, workers: int = 0, metrics: CacheMetrics | None = None) -> None:
+    def __init__(
+        self, workers: int = 0, metrics: CacheMetrics | None = None, verdict_timeout_s: float = VERDICT_TIMEOUT_S
+    ) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.metrics = metrics
+        self.verdict_timeout_s = verdict_timeout_s
+        # what the workers were asked: "full" tasks, "staged" ones (keys answered), then "finished" or
+        # "dropped" (the tests read it: a cache hit must not have made a JPEG)
+        self.counts: Counter[str] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._procs: list[WorkerProcess] = []
         self._idle: list[WorkerProcess] = []  # a stack: the worker that finished last has the warmest caches
         self._running: dict[WorkerProcess, _Task] = {}
+        self._held: dict[WorkerProcess, Staged] = {}  # keys answered, waiting for finish() or drop()
         self._writing: set[WorkerProcess] = set()  # those with a task not yet all in their pipe
         self._waiting: deque[_Task] = deque()
         self._retired: list[SpawnProcess] = []  # dead workers, until reaped
@@ -85,9 +151,22 @@ class ImageWorker:
             self._check()  # none left: they die as they start
 
     async def prepare(self, data: bytes, opts: ImageOptions) -> PreparedImage:
+        """The model-ready image and its keys, in one go."""
         loop = self._bind()
-        start = loop.time()
-        task = _Task(data, opts, loop.create_future())
+        self.counts["full"] += 1
+        result: PreparedImage = await self._run(_Task(data, opts, loop.create_future()))
+        return result
+
+    async def stage(self, data: bytes, opts: ImageOptions) -> Staged:
+        """The image's cache keys, its worker holding on until ``finish()`` or ``drop()``: one of them
+        must follow (in a ``finally``), else the watchdog drops it after ``verdict_timeout_s``."""
+        loop = self._bind()
+        staged: Staged = await self._run(_Task(data, opts, loop.create_future(), KEYS_FIRST))
+        return staged
+
+    async def _run(self, task: _Task) -> Any:
+        assert self._loop is not None
+        start = self._loop.time()
         self._submit(task)
         try:
             result = await task.future
@@ -95,9 +174,13 @@ class ImageWorker:
             # a caller that went away: dropped if still queued; if running, its answer is read and dropped
             if task in self._waiting:
                 self._waiting.remove(task)
+            elif task.future.done() and not task.future.cancelled() and task.future.exception() is None:
+                result = task.future.result()  # the answer came as the caller was cancelled
+                if isinstance(result, Staged):
+                    result.drop()
             raise
         if self.metrics is not None:
-            self.metrics.preprocess_seconds.observe(loop.time() - start)
+            self.metrics.preprocess_seconds.observe(self._loop.time() - start)
         return result
 
     def close(self) -> None:
@@ -110,6 +193,9 @@ class ImageWorker:
         pending = [*self._waiting, *self._running.values()]
         self._waiting.clear()
         self._running.clear()
+        for staged in self._held.values():
+            staged._release("closed")
+        self._held.clear()
         for p in self._procs:
             if live and loop is not None:
                 loop.remove_reader(p.in_fd)
@@ -166,7 +252,7 @@ class ImageWorker:
 
     def _dispatch(self, p: WorkerProcess, task: _Task) -> None:
         self._running[p] = task
-        p.send(task.data, task.opts)
+        p.send(task.data, task.opts, task.mode)
         self._write(p)
 
     def _write(self, p: WorkerProcess) -> None:
@@ -198,9 +284,55 @@ class ImageWorker:
             p.ready = True
             self._failed_starts = 0
             self._wake()
+        elif reply[0] == "keys":
+            if not self._keys(p, reply[1]):
+                return  # it holds the pixels until the verdict (or it is gone)
         else:
             self._answer(p, reply)
         self._next(p)
+
+    def _keys(self, p: WorkerProcess, keys: ImageKeys) -> bool:
+        """A staged task's keys: to its caller, the worker held. True if the worker is free instead."""
+        assert self._loop is not None
+        task = self._running.pop(p, None)
+        if task is not None and task.mode == KEYS_FIRST and not task.future.done():
+            self.counts["staged"] += 1
+            self._held[p] = staged = Staged(self, p, keys, self._loop)
+            task.future.set_result(staged)
+            return False
+        if task is not None and not task.future.done():  # keys for a task that asked for none: a bug
+            task.future.set_exception(RuntimeError("the image worker answered with keys alone"))
+        # the caller went away while the keys were being made
+        self.counts["dropped"] += 1
+        return self._verdict(p, DROP)
+
+    def _finish(self, p: WorkerProcess) -> asyncio.Future[PreparedImage]:
+        """``Staged.finish()``: the worker makes the JPEG; its answer goes to the future returned."""
+        assert self._loop is not None
+        self._held.pop(p)._release("finished")
+        self.counts["finished"] += 1
+        future: asyncio.Future[PreparedImage] = self._loop.create_future()
+        future.add_done_callback(_retrieved)
+        self._running[p] = _Task(b"", _NO_OPTIONS, future)
+        self._verdict(p, FINISH)  # if it is gone, the end of file comes, and _lost() fails the future
+        return future
+
+    def _drop(self, p: WorkerProcess, why: str = "dropped") -> None:
+        """``Staged.drop()``: the worker forgets the image and takes the next task."""
+        self._held.pop(p)._release(why)
+        self.counts["dropped"] += 1
+        if self._verdict(p, DROP):
+            self._next(p)
+
+    def _verdict(self, p: WorkerProcess, byte: bytes) -> bool:
+        try:
+            p.verdict(byte)
+        except OSError:
+            # gone (or, were the protocol broken, not reading): the end of file on its answers comes,
+            # the kill makes sure of it, and _lost() fails what was asked of it and starts another
+            p.process.kill()
+            return False
+        return True
 
     def _answer(self, p: WorkerProcess, reply: Reply) -> None:
         kind, value, tb = reply
@@ -239,12 +371,15 @@ class ImageWorker:
         task = self._running.pop(p, None)
         if task is not None and not task.future.done():
             task.future.set_exception(Unprocessable(LOST))
+        held = self._held.pop(p, None)
+        if held is not None:
+            held._release("lost")  # a finish() now raises Unprocessable(LOST)
         if not p.ready:
             self._failed_starts += 1
         log.warning(
             "image worker %s stopped%s%s",
             p.pid,
-            " while preparing an image" if task is not None else "",
+            " while preparing an image" if task is not None or held is not None else "",
             "" if p.ready else " before it was ready",
         )
         if self._failed_starts < START_ATTEMPTS:
@@ -265,3 +400,13 @@ class ImageWorker:
             if not waiter.done():
                 waiter.set_result(None)
         self._warming.clear()
+
+
+# the options of a finishing task: the worker has them already, nothing is sent
+_NO_OPTIONS = ImageOptions(max_bytes=0, max_pixels=0)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """Marks a finish's failure as seen: its caller may have been cancelled, and asyncio would log it."""
+    if not future.cancelled():
+        future.exception()

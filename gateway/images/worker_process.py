@@ -2,12 +2,20 @@
 
 They talk over two pipes. The pool writes a task as one frame::
 
-    !IQ  the length of the pickled options, the length of the image bytes
+    !BIQ  the mode, the length of the pickled options, the length of the image bytes
     the pickled ``ImageOptions``
     the image bytes as they are (not pickled: a 50 MB upload is neither copied nor scanned)
 
 and the worker answers each with one frame, ``!Q`` length then a pickled ``Reply``: ``("ready", pid,
 None)`` once at start, then ``("ok", PreparedImage, None)`` or ``("err", exception, traceback)``.
+
+A task in ``KEYS_FIRST`` mode is answered in two steps: ``("keys", ImageKeys, None)`` once the cache
+keys are known, then the worker, holding the pixels, waits for one verdict byte on the task pipe:
+``FINISH`` (``+``) makes the JPEG and the thumbnail and answers ``("ok", PreparedImage, None)`` (or
+``("err", ...)``); ``DROP`` (``-``) forgets the image, and the next task is read. A task that fails
+before its keys answers ``("err", ...)`` and expects no verdict. The pool writes the verdict byte
+only after the keys came, when the worker has read the whole task: the pipe is empty then, and one
+non-blocking byte always goes in.
 The pool's ends of both pipes are non-blocking (uvloop makes a watched fd so anyway): a frame goes out,
 and comes in, in as many pieces as the pipe takes, and the event loop never waits on a worker, neither
 for the rest of a 50 MB upload to drain nor for the rest of an answer being written.
@@ -21,6 +29,7 @@ import pickle
 import signal
 import struct
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import Any, BinaryIO
@@ -28,9 +37,11 @@ from typing import Any, BinaryIO
 import cv2
 
 from gateway.errors import HuayuError
-from gateway.images.prepare import ImageOptions, prepare_image
+from gateway.images.prepare import ImageOptions, StagedImage, prepare_image, stage_image
 
-TASK_HEADER = struct.Struct("!IQ")
+TASK_HEADER = struct.Struct("!BIQ")
+FULL, KEYS_FIRST = 0, 1  # a task's mode
+FINISH, DROP = b"+", b"-"  # the verdict on a task whose keys were sent
 REPLY_HEADER = struct.Struct("!Q")
 # Both pipes grow to this where the kernel allows: a typical upload (~0.2 MB) and every answer then go
 # in one write, without waiting for the other side to drain the default 64 KiB.
@@ -68,11 +79,17 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.process.pid or 0
 
-    def send(self, data: bytes, opts: ImageOptions) -> None:
+    def send(self, data: bytes, opts: ImageOptions, mode: int = FULL) -> None:
         """Queue a task's frame for ``write``."""
         head = pickle.dumps(opts, pickle.HIGHEST_PROTOCOL)
-        self._unsent = [memoryview(TASK_HEADER.pack(len(head), len(data)) + head), memoryview(data)]
+        self._unsent = [memoryview(TASK_HEADER.pack(mode, len(head), len(data)) + head), memoryview(data)]
         self.sent = 0
+
+    def verdict(self, byte: bytes) -> None:
+        """``FINISH`` or ``DROP`` the task whose keys came: one byte into the task pipe, which is
+        empty then. ``OSError`` when the worker is gone (or, were the protocol broken, the pipe full)."""
+        if os.write(self.out_fd, byte) != 1:
+            raise OSError("the verdict was not written")
 
     def write(self) -> bool:
         """What the pipe takes now of the task, in one write; True once all of it is out. One write a
@@ -139,29 +156,40 @@ def _serve(tasks: Connection, results: Connection) -> None:
     try:
         _reply(out, ("ready", os.getpid(), None))
         while (task := _read_task(reader)) is not None:
-            data, opts = task
-            reply = _run(data, opts)
+            mode, data, opts = task
+            reply = _run(stage_image if mode == KEYS_FIRST else prepare_image, data, opts)
             del data, task  # the upload's memory goes back before the next one arrives
-            _reply(out, reply)
+            if mode != KEYS_FIRST or reply[0] != "ok":
+                _reply(out, reply)  # the image, or an error (when staged: no verdict comes)
+                continue
+            staged: StagedImage = reply[1]
+            del reply
+            _reply(out, ("keys", staged.keys, None))
+            verdict = reader.read(1)
+            if verdict == FINISH:
+                _reply(out, _run(staged.finish))
+            elif verdict != DROP:
+                return  # the end of file (the pool closed), or a broken protocol: this worker is done
+            del staged  # the pixels go back before the next task arrives
     except BrokenPipeError:
         pass  # the pool closed the answers' pipe: nobody is waiting for one
 
 
-def _read_task(reader: BinaryIO) -> tuple[bytes, ImageOptions] | None:
+def _read_task(reader: BinaryIO) -> tuple[int, bytes, ImageOptions] | None:
     head = reader.read(TASK_HEADER.size)
     if len(head) < TASK_HEADER.size:
         return None  # end of file: the pool closed
-    n_opts, n_data = TASK_HEADER.unpack(head)
+    mode, n_opts, n_data = TASK_HEADER.unpack(head)
     opts = pickle.loads(reader.read(n_opts))
     data = reader.read(n_data)
     if len(data) < n_data:
         return None
-    return data, opts
+    return mode, data, opts
 
 
-def _run(data: bytes, opts: ImageOptions) -> Reply:
+def _run(work: Callable[..., Any], *args: Any) -> Reply:
     try:
-        return ("ok", prepare_image(data, opts), None)
+        return ("ok", work(*args), None)
     except Exception as e:
         # the gateway's own errors are answers; anything else is a fault, whose origin the logs should show
         tb = None if isinstance(e, HuayuError) else traceback.format_exc()

@@ -19,12 +19,14 @@ from gateway.cache.fingerprint import hamming, same_artwork
 from gateway.config import Settings
 from gateway.errors import InvalidRequest, PayloadTooLarge, Unprocessable, UnsupportedMedia
 from gateway.images import (
+    ImageKeys,
     ImageOptions,
     ImageWorker,
     PreparedImage,
     decode_image_payload,
     pixel_digest,
     prepare_image,
+    stage_image,
     target_size,
 )
 from gateway.images.source import dct_size
@@ -314,3 +316,26 @@ async def test_worker_pool_matches_and_carries_errors(photo: np.ndarray) -> None
             await worker.prepare(encode(photo, "GIF"), OPTS)
     finally:
         worker.close()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [OPTS, ImageOptions(max_bytes=OPTS.max_bytes, max_pixels=OPTS.max_pixels, crop_borders=True, jpeg_quality=80)],
+    ids=["default", "cropped-q80"],
+)
+def test_the_two_stages_make_what_prepare_image_makes(photo: np.ndarray, options: ImageOptions) -> None:
+    framed = np.pad(photo, ((40, 40), (40, 40), (0, 0)), constant_values=0)  # a border to trim
+    for data in (
+        encode(photo, "PNG"),
+        encode(framed, "JPEG", quality=92),
+        prepare_image(encode(photo, "PNG"), OPTS).jpeg,
+    ):
+        want = prepare_image(data, options)
+        steps: dict[str, float] = {}
+        staged = stage_image(data, options, steps)
+        assert type(staged.keys) is ImageKeys
+        assert staged.keys == ImageKeys(**{k: getattr(want, k) for k in ImageKeys.__dataclass_fields__})
+        assert list(steps) == ["header", "decode", "resize", "colour", "fingerprint", "digest"]
+        assert staged.finish(steps) == want
+        assert list(steps)[-2:] == ["encode", "thumbnail"]
+        assert isinstance(want, ImageKeys) and want.data_url().startswith("data:image/jpeg;base64,")

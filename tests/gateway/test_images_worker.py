@@ -1,5 +1,6 @@
 """The image worker pool with real processes: answers, errors, bursts, a killed worker, cancelled
-callers, shutdown, and both event loops the gateway runs on."""
+callers, shutdown, and both event loops the gateway runs on; staged tasks (the keys first, the JPEG
+on finish()) and every way one can end."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ import uvloop
 from PIL import Image
 
 from gateway.errors import InvalidRequest, PayloadTooLarge, ServiceUnavailable, Unprocessable, UnsupportedMedia
-from gateway.images import ImageOptions, ImageWorker, prepare_image
+from gateway.images import ImageKeys, ImageOptions, ImageWorker, PreparedImage, prepare_image, stage_image
 from tests.media import encode, jpeg, painting
 
 OPTS = ImageOptions(max_bytes=256 << 20, max_pixels=120_000_000)
@@ -36,6 +38,10 @@ def big_png() -> bytes:
 
 def small(seed: int = 0) -> bytes:
     return jpeg(1024, 768, seed=seed, quality=95)
+
+
+def keys_of(p: PreparedImage) -> ImageKeys:
+    return ImageKeys(**{f.name: getattr(p, f.name) for f in fields(ImageKeys)})
 
 
 def children() -> set[int]:
@@ -207,6 +213,9 @@ def test_on_each_event_loop(new_loop: Callable[[], asyncio.AbstractEventLoop], b
             ]
             with pytest.raises(UnsupportedMedia):
                 await worker.prepare(encode(painting(64, 64), "GIF"), OPTS)
+            staged = [await worker.stage(small(seed), OPTS) for seed in range(2)]
+            assert await staged[0].finish() == prepare_image(small(0), OPTS)
+            staged[1].drop()
             killed = worker.pids[0]
             os.kill(killed, signal.SIGKILL)
             wait_dead(killed)
@@ -247,3 +256,141 @@ def test_workers_that_cannot_start_are_not_respawned_forever(tmp_path: Path) -> 
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert "refused: the image workers could not start" in done.stdout, done.stderr[-2000:]
     assert done.stderr.count("before it was ready") == 3
+
+
+# ---- staged tasks: the keys first, the JPEG on finish() ---------------------------------------
+
+
+async def test_staged_keys_and_finish_equal_a_direct_call(big_png: bytes) -> None:
+    worker = ImageWorker(workers=1)
+    try:
+        await worker.warm()
+        ready = prepare_image(small(), OPTS).jpeg
+        uploads = [small(), encode(painting(451, 300), "PNG"), ready, big_png]
+        for data in uploads:
+            want = prepare_image(data, OPTS)
+            staged = await worker.stage(data, OPTS)
+            assert staged.keys == keys_of(want) == stage_image(data, OPTS).keys
+            assert type(staged.keys) is ImageKeys  # the JPEG was not made, nor sent
+            assert await staged.finish() == want
+            assert await staged.finish() == want  # twice: the same answer, no second verdict
+            staged.drop()  # after finish(): nothing happens
+        assert worker.counts == {"staged": 4, "finished": 4}
+        # the errors of the first stage keep their type, and expect no verdict
+        with pytest.raises(UnsupportedMedia):
+            await worker.stage(encode(painting(64, 64), "GIF"), OPTS)
+        assert await worker.prepare(small(1), OPTS) == prepare_image(small(1), OPTS)
+    finally:
+        worker.close()
+
+
+async def test_drop_frees_the_worker_at_once() -> None:
+    worker = ImageWorker(workers=1)
+    try:
+        await worker.warm()
+        pids = worker.pids
+        staged = await worker.stage(small(1), OPTS)
+        after = asyncio.create_task(worker.prepare(small(2), OPTS))
+        await asyncio.sleep(0.2)
+        assert not after.done()  # the only worker holds the staged image, until its verdict
+        staged.drop()
+        assert await asyncio.wait_for(after, 10) == prepare_image(small(2), OPTS)
+        staged.drop()  # twice is fine
+        with pytest.raises(RuntimeError, match="dropped"):
+            await staged.finish()
+        assert worker.pids == pids and worker.counts["dropped"] == 1
+    finally:
+        worker.close()
+
+
+async def test_a_finish_cancelled_leaves_the_answer_to_the_next(big_png: bytes) -> None:
+    worker = ImageWorker(workers=1)
+    try:
+        staged = await worker.stage(big_png, OPTS)
+        first = asyncio.create_task(staged.finish())
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await staged.finish() == prepare_image(big_png, OPTS)
+        assert await worker.prepare(small(), OPTS) == prepare_image(small(), OPTS)
+    finally:
+        worker.close()
+
+
+async def test_a_caller_cancelled_before_its_keys_does_not_hold_the_worker(big_png: bytes) -> None:
+    worker = ImageWorker(workers=1)
+    try:
+        await worker.warm()
+        running = asyncio.create_task(worker.stage(big_png, OPTS))
+        queued = asyncio.create_task(worker.stage(small(1), OPTS))
+        await asyncio.sleep(0.01)  # the big upload is on its way in, or being decoded
+        running.cancel()
+        queued.cancel()
+        outcomes = await asyncio.gather(running, queued, return_exceptions=True)
+        assert all(isinstance(o, asyncio.CancelledError) for o in outcomes)
+        # when the keys come, the pool drops them itself: the next task runs on the one worker
+        assert await asyncio.wait_for(worker.prepare(small(2), OPTS), 10) == prepare_image(small(2), OPTS)
+        assert worker.counts["dropped"] == 1 and worker.counts["staged"] == 0
+    finally:
+        worker.close()
+
+
+async def test_the_watchdog_drops_a_forgotten_staged_image(caplog: pytest.LogCaptureFixture) -> None:
+    worker = ImageWorker(workers=1, verdict_timeout_s=0.2)
+    try:
+        forgotten = await worker.stage(small(1), OPTS)
+        start = time.monotonic()
+        assert await asyncio.wait_for(worker.prepare(small(2), OPTS), 10) == prepare_image(small(2), OPTS)
+        assert 0.15 < time.monotonic() - start < 5
+        assert "neither finished nor dropped" in caplog.text
+        assert not forgotten.held
+        with pytest.raises(RuntimeError, match="watchdog"):
+            await forgotten.finish()
+        # a verdict in time cancels it: nothing is dropped behind a finish
+        finished = await worker.stage(small(3), OPTS)
+        assert await finished.finish() == prepare_image(small(3), OPTS)
+        await asyncio.sleep(0.3)
+        assert worker.counts["dropped"] == 1
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("noticed", [False, True], ids=["unnoticed", "noticed"])
+async def test_a_worker_killed_between_keys_and_finish(noticed: bool) -> None:
+    worker = ImageWorker(workers=1)
+    try:
+        staged = await worker.stage(small(1), OPTS)
+        [pid] = worker.pids
+        os.kill(pid, signal.SIGKILL)
+        if noticed:  # the pool has seen it die, and started another
+            while worker.pids == [pid]:
+                await asyncio.sleep(0.01)
+        else:  # not yet: the verdict meets a broken pipe
+            wait_dead(pid)
+        with pytest.raises(Unprocessable, match="decoder stopped"):
+            await staged.finish()
+        with pytest.raises(Unprocessable, match="decoder stopped"):
+            await staged.finish()  # again: the same answer
+        staged.drop()
+        assert await worker.prepare(small(2), OPTS) == prepare_image(small(2), OPTS)
+        assert worker.pids != [pid]
+        # dropped, not finished, when it dies: nothing fails, and the pool serves on
+        other = await worker.stage(small(3), OPTS)
+        [pid] = worker.pids
+        os.kill(pid, signal.SIGKILL)
+        wait_dead(pid)
+        other.drop()
+        assert await worker.prepare(small(4), OPTS) == prepare_image(small(4), OPTS)
+    finally:
+        worker.close()
+    assert pid not in children()
+
+
+async def test_close_fails_a_held_staged_image() -> None:
+    worker = ImageWorker(workers=1)
+    staged = await worker.stage(small(), OPTS)
+    worker.close()
+    with pytest.raises(ServiceUnavailable):
+        await staged.finish()
+    staged.drop()

@@ -1,0 +1,142 @@
+"""The two-phase preparation through the gateway (real worker processes, the simulator upstream, the
+SQLite store): a cache hit never has the JPEG made; a miss sends, and stores, the very JPEG that
+``prepare_image`` makes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from gateway.config import Settings
+from gateway.images import ImageOptions, ImageWorker, prepare_image
+from tests.media import b64, data_url, encode, painting
+from tests.servers import Sim, gateway_settings, serve
+
+ART = painting(1024, 768, seed=77)
+ORIGINAL = encode(ART, "JPEG", quality=90)
+
+
+class Gateway:
+    def __init__(self, client: httpx.Client, settings: Settings, images: ImageWorker) -> None:
+        self.client = client
+        self.options = ImageOptions.from_settings(settings)
+        self.images = images
+
+    def predict(self, image: bytes, **body: Any) -> dict[str, Any]:
+        r = self.client.post("/v1/models/qwen-vl:predict", json={"image": b64(image), **body})
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()
+        return answer
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.images.counts)
+
+    def stored(self, description_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 15
+        while (r := self.client.get(f"/v1/descriptions/{description_id}")).status_code == 404:
+            assert time.monotonic() < deadline, f"{description_id} was never stored"
+            time.sleep(0.05)
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+
+@pytest.fixture
+def gateway(sim_url: str, tmp_path: Path) -> Iterator[Gateway]:
+    settings = gateway_settings(sim_url, tmp_path)
+    app = create_app(settings)
+    with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield Gateway(client, settings, app.state.services.images)
+
+
+def _sent_image(request: dict[str, Any]) -> str:
+    url: str = request["messages"][1]["content"][0]["image_url"]["url"]
+    return url
+
+
+def test_a_near_hit_makes_no_jpeg_and_a_miss_sends_and_stores_the_right_one(gateway: Gateway, sim: Sim) -> None:
+    want = prepare_image(ORIGINAL, gateway.options)
+    miss = gateway.predict(ORIGINAL, style="curator")
+    assert miss["cached"] is False
+    assert gateway.counts() == {"staged": 1, "finished": 1}
+    [sent] = sim.requests()
+    assert _sent_image(sent) == want.data_url()
+    stored = gateway.stored(miss["id"])
+    artwork = stored["artwork_id"]
+    assert gateway.client.get(f"/v1/artworks/{artwork}/image").content == want.jpeg
+    assert gateway.client.get(f"/v1/artworks/{artwork}/thumbnail").content == want.thumbnail
+
+    # other copies of the artwork: decoded and fingerprinted, then found; no JPEG is made
+    time.sleep(0.2)  # the cache's put is asynchronous
+    copy = encode(ART, "JPEG", quality=70)
+    near = gateway.predict(copy, style="curator")
+    assert near["cached"] is True and near["cache"]["kind"] == "near"
+    assert near["description"] == miss["description"]
+    assert gateway.counts() == {"staged": 2, "finished": 1, "dropped": 1}
+    png = encode(ART.resize((800, 600)), "PNG")  # a PNG would always need encoding
+    events = _stream(gateway.client, png, style="curator")
+    assert events[-1]["huayu"]["cached"] is True
+    assert gateway.counts() == {"staged": 3, "finished": 1, "dropped": 2}
+    assert len(sim.requests()) == 1
+
+    # the copy again: the memo has its keys, the worker is not asked at all
+    again = gateway.predict(copy, style="curator")
+    assert again["cached"] is True
+    assert gateway.counts() == {"staged": 3, "finished": 1, "dropped": 2}
+    # ... and in a style not described yet: prepared in full from the upload the memo knew only the keys of
+    other = gateway.predict(copy, style="academic")
+    assert other["cached"] is False
+    assert gateway.counts() == {"staged": 3, "finished": 1, "dropped": 2, "full": 1}
+    assert _sent_image(sim.requests(1)[0]) == prepare_image(copy, gateway.options).data_url()
+    # a third style: the memo now has the image itself
+    assert gateway.predict(copy, style="kids_guide")["cached"] is False
+    assert gateway.counts() == {"staged": 3, "finished": 1, "dropped": 2, "full": 1}
+    assert _sent_image(sim.requests(1)[0]) == prepare_image(copy, gateway.options).data_url()
+
+
+def test_a_request_that_skips_the_cache_is_prepared_in_one_go(gateway: Gateway, sim: Sim) -> None:
+    image = encode(painting(700, 500, seed=78), "PNG")
+    assert gateway.predict(image, cache=False)["cached"] is False
+    assert gateway.counts() == {"full": 1}
+    assert _sent_image(sim.requests(1)[0]) == prepare_image(image, gateway.options).data_url()
+
+
+def test_joined_flights_and_failures_leave_no_worker_held(gateway: Gateway, sim: Sim) -> None:
+    # identical uploads at once: one is finished and goes upstream, the others drop theirs and join it
+    sim.configure(ttft_ms=300)
+    image = encode(painting(640, 480, seed=79), "JPEG", quality=85)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: gateway.predict(image), range(6)))
+    assert len({a["description"] for a in answers}) == 1 and len(sim.requests()) == 1
+    counts = gateway.counts()
+    assert counts["finished"] == 1 and counts["staged"] == 1 + counts.get("dropped", 0)
+
+    # a miss whose upstream fails: its image was finished; the one worker serves on
+    sim.configure(ttft_ms=0, fault="503")
+    r = gateway.client.post("/v1/models/qwen-vl:predict", json={"image": b64(encode(painting(640, 480, seed=80)))})
+    assert r.status_code >= 500
+    sim.configure(fault="none")
+    assert gateway.predict(encode(painting(640, 480, seed=81), "PNG"))["cached"] is False
+    counts = gateway.counts()
+    assert counts["staged"] == counts["finished"] + counts.get("dropped", 0)
+
+
+def _stream(client: httpx.Client, image: bytes, **extra: Any) -> list[dict[str, Any]]:
+    message = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(image, "image/png")}}]}
+    body = {"model": "qwen-vl", "messages": [message], "stream": True, **extra}
+    events: list[dict[str, Any]] = []
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200, r.read()
+        for line in r.iter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                events.append(json.loads(line[6:]))
+    assert events
+    return events
