@@ -11,6 +11,7 @@ copy with a border added matches its original.
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass
 
@@ -104,6 +105,11 @@ def fit(rgb: np.ndarray, edge: int) -> np.ndarray:
         rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR)
     if (w, h) == size:
         return rgb
+    if rgb.dtype == np.uint8:
+        # at a fractional scale INTER_AREA's float path is ~1.4x faster than its uint8 one, and
+        # rounded back it gives the same bytes (0.50 ms instead of 0.72 for 448x336 to 256x192)
+        out: np.ndarray = cv2.convertScaleAbs(cv2.resize(rgb.astype(np.float32), size, interpolation=cv2.INTER_AREA))
+        return out
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
@@ -201,7 +207,7 @@ def compare(a: bytes, b: bytes) -> Comparison | None:
     if ua is None or ub is None:
         return None
     aspect, texture, energy = _unaligned(ua, ub)
-    luma, colour = _aligned(ua, ub)
+    luma, colour = _aligned(ua, b)
     return Comparison(aspect, luma, colour, texture, energy)
 
 
@@ -216,25 +222,40 @@ def _unaligned(ua: _Unpacked, ub: _Unpacked) -> tuple[float, float, float]:
     return aspect, texture, energy
 
 
-def _aligned(ua: _Unpacked, ub: _Unpacked) -> tuple[float, float]:
-    """luma, colour: after the alignment that minimizes the luma difference."""
+_SIZES = (SIG - 2, SIG, SIG + 2)  # the candidate's scales tried: 6% smaller, as it is, 6% larger
+
+
+@dataclass(frozen=True)
+class _Zoomed:
+    """A candidate's side of the alignment, which depends on it alone: its luma and chromaticity
+    planes at each scale tried, cut to the 28x28 area the 24x24 windows slide over."""
+
+    luma: np.ndarray  # (3, 28, 28)
+    colour: np.ndarray  # (3, 28, 28, 2)
+
+
+@functools.lru_cache(maxsize=512)  # ~30 KB each: the artworks being asked for again keep theirs
+def _zoomed(sig: bytes) -> _Zoomed | None:
+    ub = _unpack(sig)
+    if ub is None:
+        return None
+    planes = [_planes(_zoom(ub[1], size)) for size in _SIZES]
+    return _Zoomed(np.stack([lb[2:-2, 2:-2] for lb, _ in planes]), np.stack([cb[2:-2, 2:-2] for _, cb in planes]))
+
+
+def _aligned(ua: _Unpacked, b: bytes) -> tuple[float, float]:
+    """luma, colour: after the alignment that minimizes the luma difference (the scales and the
+    shifts up to 2 cells each way, all in one pass)."""
+    zb = _zoomed(b)
+    assert zb is not None  # _unpack(b) succeeded before this is asked
     la, ca = _planes(ua[1])
     inner = la[_IN, _IN]
     n = SIG - 8
-    best: tuple[float, np.ndarray, np.ndarray] | None = None
-    for size in (SIG - 2, SIG, SIG + 2):
-        lb, cb = _planes(_zoom(ub[1], size))
-        wins = np.lib.stride_tricks.sliding_window_view(lb[2:-2, 2:-2], (n, n))
-        err = np.abs(wins - inner).mean(axis=(2, 3))
-        i, j = np.unravel_index(int(err.argmin()), err.shape)
-        if best is None or err[i, j] < best[0]:
-            best = (
-                float(err[i, j]),
-                lb[2 + i : 2 + i + n, 2 + j : 2 + j + n],
-                cb[2 + i : 2 + i + n, 2 + j : 2 + j + n],
-            )
-    assert best is not None
-    _, lb_in, cb_in = best
+    wins = np.lib.stride_tricks.sliding_window_view(zb.luma, (n, n), axis=(1, 2))  # (3, 5, 5, n, n)
+    err = np.abs(wins - inner).mean(axis=(3, 4))
+    s, i, j = np.unravel_index(int(err.argmin()), err.shape)  # the first minimum: the smallest scale wins ties
+    lb_in = zb.luma[s, i : i + n, j : j + n]
+    cb_in = zb.colour[s, i : i + n, j : j + n]
     k = n // 4
     luma = np.abs(inner - lb_in).reshape(4, k, 4, k).mean(axis=(1, 3))
     colour = np.abs(ca[_IN, _IN] - cb_in).sum(axis=2).reshape(4, k, 4, k).mean(axis=(1, 3))
@@ -261,5 +282,5 @@ def same_artwork(a: bytes, b: bytes) -> bool:
     aspect, texture, energy = _unaligned(ua, ub)
     if not (aspect <= MAX_ASPECT and texture <= MAX_TEXTURE and energy <= MAX_ENERGY):  # NaN fails too
         return False
-    luma, colour = _aligned(ua, ub)
+    luma, colour = _aligned(ua, b)
     return luma <= MAX_LUMA and colour <= MAX_COLOUR
