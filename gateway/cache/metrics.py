@@ -31,6 +31,13 @@ class CacheMetrics:
             ["op", "reason"],
             registry=r,
         )
+        self.image_tasks = Counter(
+            "huayu_image_tasks",
+            "Image worker tasks: full (the model's JPEG at once), staged (the cache keys first), then "
+            "finished (a miss: the JPEG made) or dropped (a hit or a joined request: no JPEG made).",
+            ["kind"],
+            registry=r,
+        )
         self.preprocess_seconds = Histogram(
             "huayu_image_preprocess_seconds",
             "Time to turn an upload into the model-ready image.",

@@ -150,10 +150,15 @@ class ImageWorker:
             await waiter
             self._check()  # none left: they die as they start
 
+    def _count(self, kind: str) -> None:
+        self.counts[kind] += 1
+        if self.metrics is not None:
+            self.metrics.image_tasks.labels(kind).inc()
+
     async def prepare(self, data: bytes, opts: ImageOptions) -> PreparedImage:
         """The model-ready image and its keys, in one go."""
         loop = self._bind()
-        self.counts["full"] += 1
+        self._count("full")
         result: PreparedImage = await self._run(_Task(data, opts, loop.create_future()))
         return result
 
@@ -296,21 +301,21 @@ class ImageWorker:
         assert self._loop is not None
         task = self._running.pop(p, None)
         if task is not None and task.mode == KEYS_FIRST and not task.future.done():
-            self.counts["staged"] += 1
+            self._count("staged")
             self._held[p] = staged = Staged(self, p, keys, self._loop)
             task.future.set_result(staged)
             return False
         if task is not None and not task.future.done():  # keys for a task that asked for none: a bug
             task.future.set_exception(RuntimeError("the image worker answered with keys alone"))
         # the caller went away while the keys were being made
-        self.counts["dropped"] += 1
+        self._count("dropped")
         return self._verdict(p, DROP)
 
     def _finish(self, p: WorkerProcess) -> asyncio.Future[PreparedImage]:
         """``Staged.finish()``: the worker makes the JPEG; its answer goes to the future returned."""
         assert self._loop is not None
         self._held.pop(p)._release("finished")
-        self.counts["finished"] += 1
+        self._count("finished")
         future: asyncio.Future[PreparedImage] = self._loop.create_future()
         future.add_done_callback(_retrieved)
         self._running[p] = _Task(b"", _NO_OPTIONS, future)
@@ -320,7 +325,7 @@ class ImageWorker:
     def _drop(self, p: WorkerProcess, why: str = "dropped") -> None:
         """``Staged.drop()``: the worker forgets the image and takes the next task."""
         self._held.pop(p)._release(why)
-        self.counts["dropped"] += 1
+        self._count("dropped")
         if self._verdict(p, DROP):
             self._next(p)
 

@@ -86,6 +86,9 @@ def test_a_near_hit_makes_no_jpeg_and_a_miss_sends_and_stores_the_right_one(gate
     assert events[-1]["huayu"]["cached"] is True
     assert gateway.counts() == {"staged": 3, "finished": 1, "dropped": 2}
     assert len(sim.requests()) == 1
+    metrics = gateway.client.get("/metrics").text
+    assert 'huayu_image_tasks_total{kind="dropped"} 2.0' in metrics
+    assert 'huayu_image_tasks_total{kind="finished"} 1.0' in metrics
 
     # the copy again: the memo has its keys, the worker is not asked at all
     again = gateway.predict(copy, style="curator")
