@@ -1,4 +1,5 @@
-"""The client of the model server: one pooled aiohttp session, errors mapped to the hierarchy."""
+"""The client of the model server: one pool of HTTP/1.1 connections (gateway/http1.py), its errors
+mapped to the hierarchy."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import random
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
+from gateway import http1
 from gateway.breaker import CircuitBreaker, FaultMetrics
 from gateway.config import Settings
 from gateway.errors import HuayuError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
@@ -53,45 +55,43 @@ def map_status(status: int, content: bytes) -> HuayuError:
 
 
 class Upstream:
-    """aiohttp, not httpx: on the hot path its client costs a fraction of httpx's per request (see
-    BENCHMARKS.md, gateway overhead). One session, created in the running loop on first use."""
+    """On the gateway's own HTTP/1.1 client (gateway/http1.py), not aiohttp or httpx: a request is one
+    write of its head and body and one awaited future, and a uvicorn pass-through forwarding a 100 KB
+    body adds about half the latency with it that it adds with aiohttp. One pool, shared by every
+    request; its connections belong to the running loop that opened them."""
 
     def __init__(self, settings: Settings, *, metrics: FaultMetrics | None = None) -> None:
         self.settings = settings
         self.faults = metrics or FaultMetrics()
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s, metrics=self.faults)
         self.root = settings.upstream_url.rstrip("/")
-        self._headers = {"content-type": "application/json"}
+        headers = {"content-type": "application/json"}
         if settings.upstream_api_key:
-            self._headers["authorization"] = f"Bearer {settings.upstream_api_key}"
-        self._timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=settings.connect_timeout_s,
-            # until the response headers; the gaps of a stream are bounded by read_timeout_s
-            sock_read=settings.first_byte_timeout_s,
+            headers["authorization"] = f"Bearer {settings.upstream_api_key}"
+        # the pool is the origin's; the paths carry the base path (the health check is outside the API's)
+        url = urlsplit(self.root)
+        base = url.path.rstrip("/")
+        self._chat = base + "/chat/completions"
+        self._models = base + "/models"
+        self._health = (base[: -len("/v1")] if base.endswith("/v1") else base) + "/health"
+        self.client = http1.Client(
+            f"{url.scheme}://{url.netloc}",
+            max_connections=settings.upstream_max_connections,
+            connect_timeout=settings.connect_timeout_s,
+            # until the response headers; also the most any one wait for more of a body may take (a
+            # stream's gaps are bounded by read_timeout_s as well)
+            first_byte_timeout=settings.first_byte_timeout_s,
+            read_timeout=settings.first_byte_timeout_s,
+            # vLLM's server (uvicorn) closes a connection idle for 5 s: one kept longer would meet
+            # that close mid-request now and then, a retry and a breaker failure for nothing
+            keepalive_s=4.0,
+            headers=headers,
         )
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=self.settings.upstream_max_connections, ttl_dns_cache=300, keepalive_timeout=30
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=self._timeout,
-                headers=self._headers,
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.client.aclose()
 
-    async def _send(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+    async def _send(self, path: str, body: dict[str, Any]) -> http1.Response:
         """The response with its headers read and its body not yet. Failures before the first byte
         (no connection, 502/503) are retried with jittered backoff; nothing after it ever is."""
         content = orjson.dumps(body)
@@ -129,32 +129,33 @@ class Upstream:
             delay = min(2.0, self.settings.upstream_retry_backoff_s * 2 ** (attempt - 1))
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # jitter: many callers' retries spread out
 
-    async def _attempt(self, path: str, content: bytes) -> aiohttp.ClientResponse:
+    async def _attempt(self, path: str, content: bytes) -> http1.Response:
         try:
-            return await self.session.post(self.root + path, data=content)
-        except aiohttp.ConnectionTimeoutError as e:
+            return await self.client.request("POST", path, content)
+        except http1.ConnectTimeout as e:
             err = UpstreamUnavailable(f"Could not connect to the model server in time ({e!r}).")
             raise _Retryable(err, "connect") from e
-        except TimeoutError as e:  # aiohttp's SocketTimeoutError is one: no headers in time
+        except http1.FirstByteTimeout as e:  # no headers in time
             raise UpstreamTimeout(
                 f"The model server did not answer within {self.settings.first_byte_timeout_s:g} s."
             ) from e
-        except aiohttp.ClientConnectionError as e:
+        except (http1.ConnectError, http1.ConnectionBroken) as e:
             # refused, reset, or a kept-alive connection the server had closed: the request never ran
+            # (a ConnectionBroken here came before any response head)
             err = UpstreamUnavailable(f"The model server is unreachable ({type(e).__name__}).")
             raise _Retryable(err, "connect") from e
-        except aiohttp.ClientError as e:
+        except http1.HTTPError as e:
             raise UpstreamError(f"The model server sent a malformed response ({type(e).__name__}).") from e
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self._send("/chat/completions", body)
+        response = await self._send(self._chat, body)
         try:
             content = await response.read()
         except TimeoutError as e:
             raise UpstreamTimeout(
                 f"The model server stopped sending its answer for {self.settings.first_byte_timeout_s:g} s."
             ) from e
-        except aiohttp.ClientError as e:
+        except http1.HTTPError as e:
             raise UpstreamError(f"The connection to the model server broke mid-answer ({type(e).__name__}).") from e
         finally:
             response.release()
@@ -166,16 +167,15 @@ class Upstream:
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yields the parsed SSE chunks. Raises before the first chunk, or mid-stream as UpstreamError."""
-        response = await self._send("/chat/completions", body)
+        response = await self._send(self._chat, body)
         gap = self.settings.read_timeout_s
-        content = response.content
         finished = False
         try:
             while True:
                 # a timeout per read, never around the yield: the consumer's time is not the
                 # server's silence, and the stream may be resumed from another task
                 async with asyncio.timeout(gap):
-                    line = await content.readline()
+                    line = await response.readline()
                 if not line:
                     break
                 if not line.startswith(b"data:"):
@@ -196,10 +196,10 @@ class Upstream:
             raise UpstreamError("The model server ended the stream before it was complete.")
         except TimeoutError as e:
             raise UpstreamTimeout(f"The model server sent nothing for {gap:g} s in the middle of a stream.") from e
-        except aiohttp.ClientError as e:
-            raise UpstreamError(f"The connection to the model server broke mid-stream ({type(e).__name__}).") from e
-        except ValueError as e:  # a line past the reader's limit: not an SSE stream we can follow
+        except ValueError as e:  # a line past the reader's limit (LineTooLong): not an SSE stream we can follow
             raise UpstreamError(f"The model server sent a malformed stream ({e}).") from e
+        except http1.HTTPError as e:
+            raise UpstreamError(f"The connection to the model server broke mid-stream ({type(e).__name__}).") from e
         finally:
             if finished:
                 response.release()
@@ -207,11 +207,14 @@ class Upstream:
                 response.close()  # stopped early (withheld, caller gone): closing tells vLLM to abort
 
     async def models(self) -> list[dict[str, Any]]:
-        timeout = aiohttp.ClientTimeout(total=self.settings.connect_timeout_s)
         try:
-            async with self.session.get(self.root + "/models", timeout=timeout) as response:
-                status, content = response.status, await response.read()
-        except (aiohttp.ClientError, TimeoutError) as e:
+            async with asyncio.timeout(self.settings.connect_timeout_s):  # all of it, answer included
+                response = await self.client.request("GET", self._models, first_byte_timeout=None, read_timeout=None)
+                try:
+                    status, content = response.status, await response.read()
+                finally:
+                    response.release()
+        except (http1.HTTPError, TimeoutError) as e:
             raise UpstreamUnavailable(f"The model server is unreachable ({type(e).__name__}).") from e
         if status >= 400:
             raise map_status(status, content)
@@ -220,15 +223,16 @@ class Upstream:
 
     async def ready(self) -> tuple[bool, str, float]:
         """Whether the model server answers its health check; the reason; the seconds it took."""
-        health = self.root[: -len("/v1")] + "/health" if self.root.endswith("/v1") else self.root + "/health"
-        timeout = aiohttp.ClientTimeout(total=self.settings.connect_timeout_s)
         t0 = time.perf_counter()
         try:
-            async with self.session.get(health, timeout=timeout) as response:
-                ok = response.status == 200
-                reason = "ok" if ok else f"model server health answered HTTP {response.status}"
-        except (aiohttp.ClientError, TimeoutError) as e:
-            return False, f"model server unreachable at {health} ({type(e).__name__})", time.perf_counter() - t0
+            async with asyncio.timeout(self.settings.connect_timeout_s):
+                response = await self.client.request("GET", self._health, first_byte_timeout=None)
+                response.release()  # the status is the answer; a body not yet arrived closes the connection
+        except (http1.HTTPError, TimeoutError) as e:
+            where = self.root[: -len("/v1")] + "/health" if self.root.endswith("/v1") else self.root + "/health"
+            return False, f"model server unreachable at {where} ({type(e).__name__})", time.perf_counter() - t0
+        ok = response.status == 200
+        reason = "ok" if ok else f"model server health answered HTTP {response.status}"
         return ok, reason, time.perf_counter() - t0
 
 
@@ -239,10 +243,10 @@ class _Retryable(Exception):
         self.reason = reason
 
 
-async def _read_error(response: aiohttp.ClientResponse) -> bytes:
+async def _read_error(response: http1.Response) -> bytes:
     try:
         return await response.read()
-    except (aiohttp.ClientError, TimeoutError):
+    except (http1.HTTPError, TimeoutError):
         return b""
     finally:
         response.release()
