@@ -23,6 +23,11 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the gateway listens on.")
     port: int = Field(8080, description="Port the gateway listens on.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    otel_enabled: bool = Field(
+        False,
+        description="FastAPI's OpenTelemetry spans and metrics per request, for a process that configures an "
+        "OpenTelemetry SDK. Off, FastAPI does not look for one on every request; /metrics is always on.",
+    )
 
     # --- upstream model server (vLLM's OpenAI-compatible API) ---
     upstream_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of the OpenAI-compatible model server.")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 
+from gateway.metrics import Labelled
+
 LOOKUP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 PREPROCESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -11,19 +13,21 @@ PREPROCESS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 class CacheMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         r = registry
-        self.hits = Counter(
-            "huayu_cache_hits", "Descriptions served from the cache, by match kind.", ["kind"], registry=r
+        self.hits = Labelled(
+            Counter("huayu_cache_hits", "Descriptions served from the cache, by match kind.", ["kind"], registry=r)
         )
         self.misses = Counter("huayu_cache_misses", "Cache lookups that found nothing to serve.", registry=r)
         self.rejected = Counter(
             "huayu_cache_near_rejected", "Near-duplicate candidates that failed verification.", registry=r
         )
-        self.lookup_seconds = Histogram(
-            "huayu_cache_lookup_seconds",
-            "Time of one cache lookup, by backend.",
-            ["backend"],
-            buckets=LOOKUP_BUCKETS,
-            registry=r,
+        self.lookup_seconds = Labelled(
+            Histogram(
+                "huayu_cache_lookup_seconds",
+                "Time of one cache lookup, by backend.",
+                ["backend"],
+                buckets=LOOKUP_BUCKETS,
+                registry=r,
+            )
         )
         self.backend_errors = Counter(
             "huayu_cache_backend_errors",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from gateway.metrics import Labelled
 from gateway.safety.guard import GuardVerdict
 from gateway.safety.verdict import Verdict
 
@@ -12,11 +13,13 @@ GUARD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
 
 class SafetyMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.verdicts = Counter(
-            "huayu_safety_verdicts",
-            "Texts judged by the word filter, by resulting action.",
-            ["action"],
-            registry=registry,
+        self.verdicts = Labelled(
+            Counter(
+                "huayu_safety_verdicts",
+                "Texts judged by the word filter, by resulting action.",
+                ["action"],
+                registry=registry,
+            )
         )
         self.hits = Counter(
             "huayu_safety_hits",

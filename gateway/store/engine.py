@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import exc as sa_exc
@@ -56,6 +57,16 @@ def normalize_url(url: str) -> URL:
     return parsed
 
 
+def _json_dumps(value: object) -> str:
+    # orjson: several times the standard module's speed on the JSON columns written per description;
+    # it writes UTF-8 as it is (not \u escapes), which every backend here stores as UTF-8 (utf8mb4)
+    return orjson.dumps(value).decode()
+
+
+# the JSON columns' (de)serializers, for every backend
+_JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
+
+
 def make_engine(url: URL, *, connect_timeout_s: float) -> AsyncEngine:
     backend = url.get_backend_name()
     if backend == "sqlite":
@@ -66,6 +77,7 @@ def make_engine(url: URL, *, connect_timeout_s: float) -> AsyncEngine:
             url,
             connect_args={"timeout": connect_timeout_s * 3},  # seconds to wait for SQLite's write lock
             **({"poolclass": StaticPool} if memory else {}),
+            **_JSON,
         )
         _sqlite_pragmas(engine, wal=not memory)
         return engine
@@ -73,7 +85,7 @@ def make_engine(url: URL, *, connect_timeout_s: float) -> AsyncEngine:
         {"timeout": connect_timeout_s} if backend == "postgresql" else {"connect_timeout": connect_timeout_s}
     )
     # pre-ping: after an outage the pooled connections are dead; find out before using one
-    return create_async_engine(url, pool_pre_ping=True, pool_recycle=1800, connect_args=connect_args)
+    return create_async_engine(url, pool_pre_ping=True, pool_recycle=1800, connect_args=connect_args, **_JSON)
 
 
 def _sqlite_pragmas(engine: AsyncEngine, *, wal: bool) -> None:
