@@ -126,6 +126,11 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
+_PI32 = np.float32(np.pi)
+_BINS_PER_RADIAN = np.float32(8 / np.pi)
+_BLOCK_BASE = ((np.arange(128) // 32)[:, None] * 4 + (np.arange(128) // 32)[None, :]) * 8  # block x 8 bins
+
+
 def _orientations(proxy: np.ndarray) -> np.ndarray:
     """Per block of a 4x4 grid, the distribution of edge orientations (8 bins, uint8 summing to
     ~255): what tells hatching from lettering or one texture from another, detail the coarse grid
@@ -136,10 +141,11 @@ def _orientations(proxy: np.ndarray) -> np.ndarray:
     mag, ang = cv2.cartToPolar(gx, gy)
     # the outermost pixels carry the frame's edge, or what is left of a trimmed border
     mag[:3] = mag[-3:] = mag[:, :3] = mag[:, -3:] = 0
-    bins = (np.mod(ang, np.pi) * (8 / np.pi)).astype(np.int32) % 8
-    block = np.arange(128) // 32
-    idx = (block[:, None] * 4 + block[None, :]) * 8 + bins
-    hist = np.bincount(idx.ravel(), weights=mag.ravel(), minlength=128).reshape(16, 8)
+    # orientation modulo pi, in float32 as before: ang - pi is exact on [pi, 2pi) (Sterbenz), and
+    # a fraction of np.mod's cost on floats (0.14 ms here)
+    np.subtract(ang, _PI32, out=ang, where=ang >= _PI32)
+    bins = (ang * _BINS_PER_RADIAN).astype(np.int32) % 8
+    hist = np.bincount((_BLOCK_BASE + bins).ravel(), weights=mag.ravel(), minlength=128).reshape(16, 8)
     total = hist.sum(axis=1, keepdims=True)
     shares = np.round(255 * hist / np.maximum(total, 1e-6)).astype(np.uint8)
     # edge energy per block, log-scaled: a smooth moon and a gravel bed differ here first
