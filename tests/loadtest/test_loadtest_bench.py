@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -72,3 +74,11 @@ def test_the_load_client_sends_its_bodies_in_turn_and_counts_cached_answers(
     # the original fills the cache, its copy hits it (near), the third asks for no cache; twice round.
     # The cache is filled by a task after the first answer: the first copy may come before it ran.
     assert figures["ok"] == 6 and figures["cached"] in (2, 3)
+
+
+def test_huayu_bench_runs_from_any_folder(tmp_path: Path) -> None:
+    # `make bench` calls the console script: the bench package must be importable without the repo on sys.path
+    exe = Path(sys.executable).parent / "huayu"
+    done = subprocess.run([str(exe), "bench", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--only" in done.stdout
