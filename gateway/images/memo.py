@@ -79,10 +79,8 @@ class ImageMemo:
         """The upload's cache keys, from the memo or from a worker that holds on to the pixels until
         the answer's ``finish()`` or ``drop()``; ``source`` is bytes, or base64 / a data URL."""
         key = self._key(source, options)
-        seen = self._memo.get(key) if key is not None else None
+        seen = self._recall(key)
         if seen is not None:
-            assert key is not None
-            self._memo.move_to_end(key)
             image, url = seen
             full = (image, url) if isinstance(image, PreparedImage) and url is not None else None
             return StagedUpload(self, key, source, options, image, full=full)
@@ -94,10 +92,8 @@ class ImageMemo:
     async def prepare(self, source: bytes | str, options: ImageOptions) -> Full:
         """The model-ready image and its data URL; ``source`` is bytes, or base64 / a data URL."""
         key = self._key(source, options)
-        seen = self._memo.get(key) if key is not None else None
+        seen = self._recall(key)
         if seen is not None:
-            assert key is not None
-            self._memo.move_to_end(key)
             image, url = seen
             if isinstance(image, PreparedImage) and url is not None:
                 return image, url
@@ -106,6 +102,15 @@ class ImageMemo:
         if key is not None:
             self._keep(key, full)
         return full
+
+    def _recall(self, key: bytes | None) -> tuple[ImageKeys, str | None] | None:
+        """The entry for ``key``, now the most recent; None if there is none (or no key)."""
+        if key is None:
+            return None
+        seen = self._memo.get(key)
+        if seen is not None:
+            self._memo.move_to_end(key)
+        return seen
 
     def _key(self, source: bytes | str, options: ImageOptions) -> bytes | None:
         """The upload's memo key; None when it is kept out of the memo (too large, or no memo)."""
