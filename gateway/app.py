@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         upstream = Upstream(settings, metrics=fault_metrics)
-        images = ImageWorker(settings.image_workers, metrics=cache_metrics)
+        images = ImageWorker(settings.image_workers, metrics=cache_metrics, task_timeout_s=settings.image_timeout_s)
         await images.warm()
         cache = build_cache(settings, cache_metrics)
         safety = SafetyFilter.from_settings(settings) if settings.safety_enabled else None

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     )
     jpeg_quality: int = Field(90, description="JPEG quality of the image sent to the model.")
     image_workers: int = Field(0, description="Processes that decode and resize images (0: one per core).")
+    image_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest one image may take in a worker; past it the worker is stopped (a decoder "
+        "stuck on a hostile file) and the request answered 422.",
+    )
     image_memo_entries: int = Field(
         256, description="Recent uploads kept model-ready in memory, so a repeat skips decoding (0: off)."
     )

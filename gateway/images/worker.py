@@ -45,6 +45,8 @@ LOST = "the image could not be processed (the decoder stopped); try another copy
 START_ATTEMPTS = 3
 # a staged image neither finished nor dropped by then (a bug) is dropped, so its worker is not lost
 VERDICT_TIMEOUT_S = 30.0
+# a worker busy with one image longer than this (a decoder stuck on a hostile file) is stopped
+TASK_TIMEOUT_S = 60.0
 
 
 @dataclass(eq=False)  # identity: a task is found in the queue by itself, not by comparing uploads
@@ -53,6 +55,7 @@ class _Task:
     opts: ImageOptions
     future: asyncio.Future[Any]  # a PreparedImage; a Staged for a task in KEYS_FIRST mode
     mode: int = FULL
+    deadline: asyncio.TimerHandle | None = None  # while a worker has it
 
 
 class Staged:
@@ -116,11 +119,17 @@ class ImageWorker:
     """Runs ``prepare_image`` in a pool of processes, off the event loop, on all cores."""
 
     def __init__(
-        self, workers: int = 0, metrics: CacheMetrics | None = None, verdict_timeout_s: float = VERDICT_TIMEOUT_S
+        self,
+        workers: int = 0,
+        metrics: CacheMetrics | None = None,
+        verdict_timeout_s: float = VERDICT_TIMEOUT_S,
+        task_timeout_s: float = TASK_TIMEOUT_S,
     ) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.metrics = metrics
         self.verdict_timeout_s = verdict_timeout_s
+        self.task_timeout_s = task_timeout_s
+        self._overdue: set[WorkerProcess] = set()  # stopped for taking too long: their task hears why
         # what the workers were asked: "full" tasks, "staged" ones (keys answered), then "finished" or
         # "dropped" (the tests read it: a cache hit must not have made a JPEG)
         self.counts: Counter[str] = Counter()
@@ -196,6 +205,9 @@ class ImageWorker:
         loop = self._loop
         live = loop is not None and not loop.is_closed()
         pending = [*self._waiting, *self._running.values()]
+        for task in self._running.values():
+            if task.deadline is not None:
+                task.deadline.cancel()
         self._waiting.clear()
         self._running.clear()
         for staged in self._held.values():
@@ -256,9 +268,28 @@ class ImageWorker:
             self._waiting.append(task)
 
     def _dispatch(self, p: WorkerProcess, task: _Task) -> None:
-        self._running[p] = task
+        self._start(p, task)
         p.send(task.data, task.opts, task.mode)
         self._write(p)
+
+    def _start(self, p: WorkerProcess, task: _Task) -> None:
+        assert self._loop is not None
+        self._running[p] = task
+        task.deadline = self._loop.call_later(self.task_timeout_s, self._too_long, p, task)
+
+    def _done(self, p: WorkerProcess) -> _Task | None:
+        """The worker's task, no longer its: the answer came, or the worker is gone."""
+        task = self._running.pop(p, None)
+        if task is not None and task.deadline is not None:
+            task.deadline.cancel()
+        return task
+
+    def _too_long(self, p: WorkerProcess, task: _Task) -> None:
+        if self._running.get(p) is not task:
+            return
+        log.warning("image worker %s spent over %g s on one image; stopped", p.pid, self.task_timeout_s)
+        self._overdue.add(p)
+        p.process.kill()  # the end of file on its answers follows: _lost() fails the task and starts another
 
     def _write(self, p: WorkerProcess) -> None:
         assert self._loop is not None
@@ -269,7 +300,9 @@ class ImageWorker:
             done = True
             if p.sent == 0:
                 # it died idle, before this task reached it: the task is not to blame, and goes elsewhere
-                self._submit(self._running.pop(p), first=True)
+                task = self._done(p)
+                assert task is not None
+                self._submit(task, first=True)
         if not done and p not in self._writing:
             self._loop.add_writer(p.out_fd, self._write, p)
             self._writing.add(p)
@@ -299,7 +332,7 @@ class ImageWorker:
     def _keys(self, p: WorkerProcess, keys: ImageKeys) -> bool:
         """A staged task's keys: to its caller, the worker held. True if the worker is free instead."""
         assert self._loop is not None
-        task = self._running.pop(p, None)
+        task = self._done(p)
         if task is not None and task.mode == KEYS_FIRST and not task.future.done():
             self._count("staged")
             self._held[p] = staged = Staged(self, p, keys, self._loop)
@@ -318,7 +351,7 @@ class ImageWorker:
         self._count("finished")
         future: asyncio.Future[PreparedImage] = self._loop.create_future()
         future.add_done_callback(_retrieved)
-        self._running[p] = _Task(b"", _NO_OPTIONS, future)
+        self._start(p, _Task(b"", _NO_OPTIONS, future))
         self._verdict(p, FINISH)  # if it is gone, the end of file comes, and _lost() fails the future
         return future
 
@@ -341,7 +374,7 @@ class ImageWorker:
 
     def _answer(self, p: WorkerProcess, reply: Reply) -> None:
         kind, value, tb = reply
-        task = self._running.pop(p, None)
+        task = self._done(p)
         if task is None or task.future.done():
             return  # its caller went away
         if kind == "ok":
@@ -373,9 +406,15 @@ class ImageWorker:
             self._idle.remove(p)
         self._retired.append(p.process)
         self._loop.call_later(1.0, self._reap)
-        task = self._running.pop(p, None)
+        task = self._done(p)
         if task is not None and not task.future.done():
-            task.future.set_exception(Unprocessable(LOST))
+            if p in self._overdue:
+                task.future.set_exception(
+                    Unprocessable(f"the image took over {self.task_timeout_s:g} s to prepare and was given up")
+                )
+            else:
+                task.future.set_exception(Unprocessable(LOST))
+        self._overdue.discard(p)
         held = self._held.pop(p, None)
         if held is not None:
             held._release("lost")  # a finish() now raises Unprocessable(LOST)

@@ -145,6 +145,26 @@ async def test_a_killed_worker_fails_only_its_request(big_png: bytes) -> None:
     assert pid not in children()
 
 
+async def test_a_worker_stuck_on_one_image_is_stopped_and_the_rest_go_on(big_png: bytes) -> None:
+    worker = ImageWorker(workers=1, task_timeout_s=0.08)  # the big PNG takes ~0.15 s or more
+    try:
+        await worker.warm()
+        [pid] = worker.pids
+        stuck = asyncio.create_task(worker.prepare(big_png, OPTS))
+        queued = [asyncio.create_task(worker.prepare(small(seed), OPTS)) for seed in range(2)]
+        with pytest.raises(Unprocessable, match=r"took over 0\.08 s"):
+            await stuck
+        assert await asyncio.gather(*queued) == [prepare_image(small(seed), OPTS) for seed in range(2)]
+        with pytest.raises(Unprocessable, match=r"took over 0\.08 s"):
+            await worker.stage(big_png, OPTS)  # the first phase of a staged one is bounded too
+        staged = await worker.stage(small(), OPTS)
+        assert await staged.finish() == prepare_image(small(), OPTS)
+        assert pid not in worker.pids and len(worker.pids) == 1
+    finally:
+        worker.close()
+    assert pid not in children()
+
+
 async def test_a_worker_killed_while_idle_costs_no_request() -> None:
     worker = ImageWorker(workers=1)
     try:
