@@ -91,8 +91,7 @@ class Describer:
         try:
             hit = await self._lookup(prep)
             if hit is not None:
-                prep.release()
-                return hit
+                return hit  # the finally below drops the staged image
             return await self._coalesced(prep, self._generate)
         finally:
             prep.release()

@@ -74,6 +74,7 @@ class Upstream:
         self._chat = base + "/chat/completions"
         self._models = base + "/models"
         self._health = (base[: -len("/v1")] if base.endswith("/v1") else base) + "/health"
+        self._health_url = f"{url.scheme}://{url.netloc}{self._health}"  # for the messages
         self.client = http1.Client(
             f"{url.scheme}://{url.netloc}",
             max_connections=settings.upstream_max_connections,
@@ -229,8 +230,8 @@ class Upstream:
                 response = await self.client.request("GET", self._health, first_byte_timeout=None)
                 response.release()  # the status is the answer; a body not yet arrived closes the connection
         except (http1.HTTPError, TimeoutError) as e:
-            where = self.root[: -len("/v1")] + "/health" if self.root.endswith("/v1") else self.root + "/health"
-            return False, f"model server unreachable at {where} ({type(e).__name__})", time.perf_counter() - t0
+            reason = f"model server unreachable at {self._health_url} ({type(e).__name__})"
+            return False, reason, time.perf_counter() - t0
         ok = response.status == 200
         reason = "ok" if ok else f"model server health answered HTTP {response.status}"
         return ok, reason, time.perf_counter() - t0

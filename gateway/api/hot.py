@@ -11,7 +11,6 @@ handlers, found the way Starlette finds them.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +19,6 @@ from fastapi.routing import APIRoute, APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
-
-log = logging.getLogger("huayu")
 
 CHAT = "/v1/chat/completions"
 PREDICT = "/v1/models/{model}:predict"

@@ -55,13 +55,10 @@ class StagedUpload:
         if self._full is not None:
             return self._full
         if self._staged is not None:
-            image = await self._staged.finish()
+            self._full = self._memo._kept(self._key, await self._staged.finish())
         else:
-            image = await self._memo.worker.prepare(_raw(self._source), self._options)
-        self._full = full = (image, image.data_url())
-        if self._key is not None:
-            self._memo._keep(self._key, full)
-        return full
+            self._full = await self._memo._fresh(self._key, self._source, self._options)
+        return self._full
 
     def drop(self) -> None:
         if self._staged is not None:
@@ -97,8 +94,14 @@ class ImageMemo:
             image, url = seen
             if isinstance(image, PreparedImage) and url is not None:
                 return image, url
-        prepared = await self.worker.prepare(_raw(source), options)
-        full = (prepared, prepared.data_url())
+        return await self._fresh(key, source, options)
+
+    async def _fresh(self, key: bytes | None, source: bytes | str, options: ImageOptions) -> Full:
+        """The upload prepared in full by a worker, and kept."""
+        return self._kept(key, await self.worker.prepare(_raw(source), options))
+
+    def _kept(self, key: bytes | None, image: PreparedImage) -> Full:
+        full = (image, image.data_url())
         if key is not None:
             self._keep(key, full)
         return full
@@ -114,8 +117,10 @@ class ImageMemo:
 
     def _key(self, source: bytes | str, options: ImageOptions) -> bytes | None:
         """The upload's memo key; None when it is kept out of the memo (too large, or no memo)."""
+        if self.entries <= 0:
+            return None
         seen = source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
-        if len(seen) > MEMO_MAX_BYTES or self.entries <= 0:
+        if len(seen) > MEMO_MAX_BYTES:
             return None
         h = blake3(repr(options).encode())
         h.update(b"b64:" if isinstance(source, str) else b"raw:")
