@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from bench.bench_gateway import top_costs
+from bench.bench_gateway import STRAIGHT, STRAIGHT_HUAYU, tables, top_costs
 from bench.run_all import modules, section_of, write_section
 from loadtest.hammer import main as hammer_main
 from loadtest.simulator import SimConfig, run_in_thread
@@ -44,6 +44,29 @@ def test_the_runner_finds_the_benchmarks() -> None:
     assert modules(["gateway"]) == ["bench_gateway"]
     with pytest.raises(SystemExit, match="Unknown benchmarks: bench_nope"):
         modules(["nope"])
+
+
+def test_huayu_is_measured_against_its_own_upstream_request_and_the_others_against_the_plain_one() -> None:
+    def run(p50: float, p99: float, first: float) -> dict[str, list[dict[str, object]]]:
+        figures = {"requests": 10, "ok": 10, "rps": 100.0}
+        return {
+            "c1": [figures | {"e2e_ms": {"p50": p50, "p99": p99}}],
+            "c1s": [figures | {"ttft_ms": {"p50": first, "p99": first}}],
+            "c32": [figures],
+        }
+
+    runs = {
+        STRAIGHT: run(0.40, 0.60, 0.40),
+        STRAIGHT_HUAYU: run(0.50, 0.70, 0.45),
+        "huayu as shipped": run(0.95, 1.70, 1.20),
+        "LiteLLM proxy": run(15.40, 24.60, 13.40),
+    }
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in tables(runs, {}).splitlines()}
+    assert rows["huayu as shipped"][3:5] == ["0.45", "1.00"]  # over the simulator answering huayu's request
+    assert rows["huayu as shipped"][6] == "0.75"
+    assert rows["LiteLLM proxy"][3:5] == ["15.00", "24.00"]  # over the caller's plain request
+    assert rows[STRAIGHT][3] == rows[STRAIGHT_HUAYU][3] == "–"
+    assert "huayu as shipped 0.55 / 1.10" in tables(runs, {})  # the plain figure stays in the report
 
 
 def test_top_costs_from_collapsed_stacks() -> None:
