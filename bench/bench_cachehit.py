@@ -105,8 +105,11 @@ def main(argv: list[str] | None = None) -> None:
     original, others = copies(args.copies)
     print(f"bench_cachehit: a 1024x768 artwork ({len(original) // 1000} KB), {len(others)} copies", flush=True)
     backends = [("in-process", {"HUAYU_CACHE_BACKEND": "memory"})]
+    # keys of this run alone: entries left by other runs in the same scope would be verified too
+    prefix = f"huayu-bench:{os.getpid()}:{int(time.time())}:"
     if not args.no_redis:
-        backends.append(("Redis", {"HUAYU_CACHE_BACKEND": "redis", "HUAYU_REDIS_URL": args.redis}))
+        redis_env = {"HUAYU_CACHE_BACKEND": "redis", "HUAYU_REDIS_URL": args.redis, "HUAYU_REDIS_CACHE_PREFIX": prefix}
+        backends.append(("Redis", redis_env))
     tables = []
     with (
         tempfile.TemporaryDirectory(prefix="huayu-bench-") as tmpdir,
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
                         rows.append(measure(tmp, gw, name, copy_files, RATES["copies"], seconds))
                 finally:
                     gw.stop()
+                    if env.get("HUAYU_CACHE_BACKEND") == "redis":
+                        _forget(args.redis, prefix)
             head = (
                 f"**{label} cache**\n\n| request | c=1 p50 ms | c=1 p99 ms | cache hits (c=1) | "
                 "open loop: p99 ms at each rate |\n|---|---:|---:|---:|---|"
@@ -156,6 +161,19 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if not args.no_write:
         write_section("bench_cachehit", "Cache hits end to end", text)
+
+
+def _forget(url: str, prefix: str) -> None:
+    """Deletes this run's cache keys (each gateway starts from an empty cache)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 def _write(tmp: Path, name: str, data: bytes) -> Path:

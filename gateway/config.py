@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for the cache and rate limits.")
     redis_timeout_s: float = Field(0.05, description="Seconds a Redis call may take before it is skipped.")
+    redis_cache_prefix: str = Field(
+        "huayu:cache:",
+        min_length=1,
+        description="Prefix of the Redis cache's keys: deployments sharing one Redis keep apart with their own.",
+    )
     cache_ttl_s: int = Field(7 * 24 * 3600, description="Seconds a cached description lives.")
     cache_max_entries: int = Field(
         100_000,

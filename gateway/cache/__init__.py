@@ -40,6 +40,7 @@ def build_cache(settings: Settings, metrics: CacheMetrics | None = None) -> Desc
             near_distance=settings.cache_near_distance,
             timeout_s=settings.redis_timeout_s,
             metrics=metrics,
+            prefix=settings.redis_cache_prefix,
             max_records=settings.cache_max_entries,
         )
     from gateway.cache.memory import MemoryCache

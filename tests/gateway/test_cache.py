@@ -251,7 +251,10 @@ def test_build_cache_follows_settings() -> None:
     assert build_cache(Settings(cache_backend="off")) is None
     assert isinstance(build_cache(Settings(cache_backend="memory")), MemoryCache)
     c = build_cache(Settings(cache_backend="redis", redis_url=REDIS_URL))
-    assert isinstance(c, RedisCache)
+    assert isinstance(c, RedisCache) and c.prefix == "huayu:cache:"
+    asyncio.run(c.aclose())
+    c = build_cache(Settings(cache_backend="redis", redis_url=REDIS_URL, redis_cache_prefix="staging:huayu:"))
+    assert isinstance(c, RedisCache) and c.prefix == "staging:huayu:" and c.stream_key == "staging:huayu:log"
     asyncio.run(c.aclose())
 
 
