@@ -110,12 +110,33 @@ async def main_async(args: argparse.Namespace) -> None:
                     rows.append(("batch", *await batch(args, root / f"batch{r}", root / f"out{r}")))
     via = f"gateway {args.gateway}" if args.gateway else "direct"
     print(f"{n} images of {args.size}, concurrency {args.concurrency}, server {args.url}, huayu batch via {via}")
+    timing = simulator_timing(args.url)
+    if timing:
+        print(timing)
     print(f"{'run':<10} {'seconds':>8} {'images/s':>9} {'tokens/s':>9} {'errors':>6}")
     for who, secs, tokens, errors in rows:
         print(f"{who:<10} {secs:8.2f} {n / secs:9.2f} {tokens / secs:9.1f} {errors:6d}")
     base = statistics.median(n / s for w, s, _, _ in rows if w == "baseline")
     ours = statistics.median(n / s for w, s, _, _ in rows if w == "batch")
     print(f"median images/s: plain client {base:.2f}, huayu batch {ours:.2f}; ratio {ours / base:.3f} (target >= 0.9)")
+
+
+def simulator_timing(url: str) -> str:
+    """How the server is timed, when it is huayu's simulator (it says so at ``/_sim/config``); else ""."""
+    import httpx
+
+    root = url.rstrip("/").removesuffix("/v1")
+    try:
+        config = httpx.get(root + "/_sim/config", timeout=5).json()
+    except (httpx.HTTPError, ValueError):
+        return ""
+    if not isinstance(config, dict) or "ttft_ms" not in config:
+        return ""
+    return (
+        f"the server is huayu's simulator: first token after {config['ttft_ms']:g} ms, then one every "
+        f"{config['itl_ms']:g} ms, {config['max_num_seqs'] or 'any number of'} requests generating at once, "
+        f"{config['tokens']} tokens an answer"
+    )
 
 
 def main() -> None:

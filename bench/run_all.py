@@ -3,7 +3,9 @@
 Each module runs in its own process (a benchmark must not inherit another's threads, caches or
 warm pools): its ``main()`` is called there, or, lacking one, it runs as ``python -m bench.<name>``.
 A module that writes its own section of BENCHMARKS.md (through :func:`write_section`) keeps it;
-for any other, the runner records what it printed. Modules that need a model server get a zero-delay simulator's URL.
+for any other, the runner records what it printed. Modules that need a model server get a simulator's
+URL, timed like a 24 GB card (``MODEL_LIKE``): a collection run is bound by the model, and against a
+zero-delay server ``huayu batch`` would only be racing its own image work.
 
     python -m bench.run_all [--only gateway,safety] [--no-write]
 """
@@ -31,6 +33,10 @@ GPU figures and how to take them: the README's "GPU benchmarks" section.
 
 # modules that need an OpenAI-compatible upstream: the argument list, "{upstream}" replaced by its URL
 NEEDS_UPSTREAM: dict[str, list[str]] = {"bench_batch": ["--url", "{upstream}"]}
+# their upstream: Qwen3-VL-8B on a 24 GB card as ../notes arithmetic and the H200 measurement put it
+# (README, GPU benchmarks): ~16 requests decoding at once, ~16 ms a token, prefill with the image
+# ~100 ms (61 ms measured on an H200, eager); answers of 64 tokens, so a run takes seconds, not minutes
+MODEL_LIKE = {"ttft_ms": 100.0, "itl_ms": 16.0, "max_num_seqs": 16, "tokens": 64}
 
 
 def _markers(name: str) -> tuple[str, str]:
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from loadtest.simulator import SimConfig, run_in_subprocess
 
     failed = []
-    with run_in_subprocess(SimConfig(max_model_len=16384)) as sim:
+    with run_in_subprocess(SimConfig(max_model_len=16384, **MODEL_LIKE)) as sim:
         for name in names:
             upstream = sim.base_url if name in NEEDS_UPSTREAM else None
             if not run_one(name, upstream, not args.no_write, args.timeout):

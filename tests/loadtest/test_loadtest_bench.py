@@ -9,8 +9,9 @@ from pathlib import Path
 import orjson
 import pytest
 
+from bench.bench_batch import simulator_timing
 from bench.bench_gateway import STRAIGHT, STRAIGHT_HUAYU, tables, top_costs
-from bench.run_all import modules, section_of, write_section
+from bench.run_all import MODEL_LIKE, modules, section_of, write_section
 from loadtest.hammer import main as hammer_main
 from loadtest.simulator import SimConfig, run_in_thread
 
@@ -67,6 +68,16 @@ def test_huayu_is_measured_against_its_own_upstream_request_and_the_others_again
     assert rows["LiteLLM proxy"][3:5] == ["15.00", "24.00"]  # over the caller's plain request
     assert rows[STRAIGHT][3] == rows[STRAIGHT_HUAYU][3] == "–"
     assert "huayu as shipped 0.55 / 1.10" in tables(runs, {})  # the plain figure stays in the report
+
+
+def test_the_collection_benchmark_runs_against_a_model_like_simulator_and_says_so() -> None:
+    with run_in_thread(SimConfig(**MODEL_LIKE)) as sim:  # what make bench gives bench_batch
+        said = simulator_timing(sim.base_url)
+    assert said == (
+        "the server is huayu's simulator: first token after 100 ms, then one every 16 ms, "
+        "16 requests generating at once, 64 tokens an answer"
+    )
+    assert simulator_timing("http://127.0.0.1:9/v1") == ""  # not a simulator (nothing there): nothing said
 
 
 def test_top_costs_from_collapsed_stacks() -> None:
