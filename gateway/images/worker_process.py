@@ -186,7 +186,7 @@ def keep_heap() -> bool:
     """Keeps a worker's image-sized blocks in its heap between tasks; True where that took (glibc).
 
     glibc serves a large block with a fresh mapping and unmaps it on free, while the block is above
-        its mmap threshold; the threshold follows the largest block freed so far. A worker that met a
+    its mmap threshold; the threshold follows the largest block freed so far. A worker that met a
     small image first then mapped and unmapped the arrays of every larger one: in the cache-hit
     benchmark ~300 page faults a task, and a copy's keys took 4.2-4.3 ms in the worker instead of
     3.6-3.8 (p99 8.8-10.1 instead of 6.0-7.2). Fixed thresholds keep blocks up to 32 MB (a 1024-pixel
