@@ -48,6 +48,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         images = ImageWorker(settings.image_workers, metrics=cache_metrics, task_timeout_s=settings.image_timeout_s)
         await images.warm()
         cache = build_cache(settings, cache_metrics)
+        if cache is not None:
+            # Redis: connect and start following its stream now, not within the first request's
+            # 50 ms bound (a slow first connection would skip the cache for a second)
+            await cache.ready()
         safety = SafetyFilter.from_settings(settings) if settings.safety_enabled else None
         guard = (
             GuardClient(settings.guard_url, settings.guard_model, settings.guard_timeout_s, settings.guard_fail_open)

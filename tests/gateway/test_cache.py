@@ -264,3 +264,21 @@ async def test_redis_real_server_is_ready() -> None:
         assert await c.ready() == (True, "redis cache at 127.0.0.1:6379")
     finally:
         await c.aclose()
+
+
+async def test_a_gateway_connects_to_its_redis_cache_at_start() -> None:
+    """The first request must not pay the connection (nor start the stream's follower) within its
+    50 ms bound: a slow first connection would leave the cache skipped for a second."""
+    from gateway.app import create_app
+
+    prefix = f"huayu-test:{uuid.uuid4().hex}:"
+    settings = Settings(
+        cache_backend="redis", redis_url=REDIS_URL, redis_cache_prefix=prefix, store_enabled=False, image_workers=1
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        cache = app.state.services.cache
+        assert isinstance(cache, RedisCache)
+        pool = cache.client.connection_pool
+        assert len(pool._available_connections) + len(pool._in_use_connections) == 1  # connected before any request
+        await asyncio.wait_for(cache.follower.loaded.wait(), 5)  # the stream followed from the start
