@@ -33,7 +33,7 @@ GPU figures and how to take them: the README's "GPU benchmarks" section.
 
 # modules that need an OpenAI-compatible upstream: the argument list, "{upstream}" replaced by its URL
 NEEDS_UPSTREAM: dict[str, list[str]] = {"bench_batch": ["--url", "{upstream}"]}
-# their upstream: Qwen3-VL-8B on a 24 GB card as ../notes arithmetic and the H200 measurement put it
+# their upstream: Qwen3-VL-8B on a 24 GB card as the arithmetic and the H200 measurement put it
 # (README, GPU benchmarks): ~16 requests decoding at once, ~16 ms a token, prefill with the image
 # ~100 ms (61 ms measured on an H200, eager); answers of 64 tokens, so a run takes seconds, not minutes
 MODEL_LIKE = {"ttft_ms": 100.0, "itl_ms": 16.0, "max_num_seqs": 16, "tokens": 64}
