@@ -10,6 +10,8 @@ import orjson
 import pytest
 
 from bench.bench_batch import simulator_timing
+from bench.bench_cpu import BASELINE
+from bench.bench_cpu import main as bench_cpu
 from bench.bench_gateway import STRAIGHT, STRAIGHT_HUAYU, tables, top_costs
 from bench.run_all import MODEL_LIKE, modules, section_of, write_section
 from loadtest.hammer import main as hammer_main
@@ -89,6 +91,15 @@ def test_the_collection_benchmark_runs_against_a_model_like_simulator_and_says_s
         "16 requests generating at once, 64 tokens an answer"
     )
     assert simulator_timing("http://127.0.0.1:9/v1") == ""  # not a simulator (nothing there): nothing said
+
+
+def test_the_cpu_benchmark_measures_huayu_against_its_own_client(capsys: pytest.CaptureFixture[str]) -> None:
+    bench_cpu(["--requests", "20", "--rounds", "1", "--no-write"])
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in capsys.readouterr().out.splitlines()}
+    base = float(rows[BASELINE][1].split()[0])
+    for name in ("huayu, store off", "huayu as shipped (safety, SQLite store)"):
+        cpu, own, ratio = float(rows[name][1].split()[0]), float(rows[name][2]), float(rows[name][3])
+        assert cpu > base > 0 and own == pytest.approx(cpu - base, abs=1) and ratio > 1
 
 
 def test_top_costs_from_collapsed_stacks() -> None:
