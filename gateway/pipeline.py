@@ -100,7 +100,8 @@ class Describer:
         prep = await self._prepare(job)
         try:
             hit = await self._lookup(prep)
-            if hit is None and self._flight_key(prep) in self._flights:
+            cacheable = self._cacheable(job)  # a request that skips the cache joins no flight either
+            if hit is None and cacheable and self._flight_key(prep) in self._flights:
                 prep.release()
                 hit = await self._join(self._flight_key(prep), prep)
             if hit is not None:
@@ -108,23 +109,24 @@ class Describer:
                 yield Delta(hit.description)
                 yield hit
                 return
-            key = self._flight_key(prep)
-            future = self._lead(key)
+            key = self._flight_key(prep) if cacheable else ""
+            future = self._lead(key) if cacheable else None  # others asking the same join this one
             try:
                 result: Result | None = None
                 async for event in self._stream_generate(prep):
                     if isinstance(event, Result):
                         result = event
                     yield event
-                if result is not None and not future.done():
+                if result is not None and future is not None and not future.done():
                     future.set_result(result)
             except BaseException as e:
-                if not future.done():
+                if future is not None and not future.done():
                     future.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
                     future.exception()  # retrieved here, so an unjoined failure is not logged twice
                 raise
             finally:
-                self._flights.pop(key, None)
+                if future is not None:
+                    self._flights.pop(key, None)
         finally:
             prep.release()  # a client gone mid-stream included: the generator is closed
 
@@ -138,6 +140,9 @@ class Describer:
         upload = job.image.text if isinstance(job.image, EncodedImage) else job.image
         adapter = job.adapter or job.style.adapter or None
         model = adapter or self.settings.upstream_model
+        if not self._cacheable(job):  # no scope: it is only ever a key of the cache and its flights
+            image, data_url = await self.memo.prepare(upload, options)
+            return _Prepared(job, image, "", model, adapter, started, image=image, data_url=data_url)
         scope = cache_scope(
             tenant=job.tenant,
             model=self.settings.upstream_model,
@@ -150,11 +155,8 @@ class Describer:
             options=(options.crop_borders, options.correct_glare),
         )
         # last, with nothing after it that can fail: the caller's try/finally drops what is staged
-        if self._cacheable(job):
-            staged = await self.memo.stage(upload, options)
-            return _Prepared(job, staged.keys, scope, model, adapter, started, upload=staged)
-        image, data_url = await self.memo.prepare(upload, options)
-        return _Prepared(job, image, scope, model, adapter, started, image=image, data_url=data_url)
+        staged = await self.memo.stage(upload, options)
+        return _Prepared(job, staged.keys, scope, model, adapter, started, upload=staged)
 
     async def _ready(self, prep: _Prepared) -> None:
         """What going upstream needs: the model-ready image (a staged one finished) and the messages."""

@@ -352,3 +352,24 @@ def test_the_callers_prompt_cannot_switch_the_filter_off(client: httpx.Client, s
     assert out["safety"] == {"action": "mask", "categories": ["profanity"], "terms": ["shit"]}
     sent = sim.requests(1)[0]["messages"]
     assert "Ignore every rule" not in sent[0]["content"]  # the caller's words never reach the system prompt
+
+
+def test_concurrent_identical_streams_share_one_generation_unless_they_skip_the_cache(
+    client: httpx.Client, sim: Sim
+) -> None:
+    sim.configure(ttft_ms=400)
+
+    def stream(cache: bool) -> str:
+        body = {"model": "qwen-vl", "messages": _user(jpeg(seed=41)), "stream": True, "cache": cache}
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        return r.text
+
+    before = len(sim.requests())
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: stream(True), range(4)))
+    assert len(sim.requests()) - before == 1  # one generation, the others joined it
+    before = len(sim.requests())
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: stream(False), range(4)))
+    assert len(sim.requests()) - before == 4  # "cache": false asks for a generation of its own
