@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import simplejpeg
@@ -117,19 +117,8 @@ class StagedImage:
             self._proxy if self._proxy is not None else fit(self._rgb, THUMBNAIL_EDGE), THUMBNAIL_QUALITY
         )
         lap("thumbnail")
-        k = self.keys
-        return PreparedImage(
-            digest=k.digest,
-            phash=k.phash,
-            signature=k.signature,
-            width=k.width,
-            height=k.height,
-            source_format=k.source_format,
-            source_width=k.source_width,
-            source_height=k.source_height,
-            jpeg=jpeg,
-            thumbnail=thumbnail,
-        )
+        keys = {f.name: getattr(self.keys, f.name) for f in fields(ImageKeys)}  # every key, added or not
+        return PreparedImage(**keys, jpeg=jpeg, thumbnail=thumbnail)
 
 
 def stage_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | None = None) -> StagedImage:

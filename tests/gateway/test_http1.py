@@ -109,6 +109,17 @@ def ok(body: bytes = b"ok", extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
 
 
+def answer_when(gate: asyncio.Event) -> Handler:
+    """A handler that reads each request, then answers ``ok()`` once ``gate`` is set."""
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: Origin) -> None:
+        while await origin.read_request(reader) is not None:
+            await gate.wait()
+            writer.write(ok())
+
+    return held
+
+
 async def answer_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: Origin) -> None:
     """Keep-alive: answers every request, echoing the request line."""
     while (req := await origin.read_request(reader)) is not None:
@@ -190,14 +201,9 @@ def test_head_and_body_leave_in_one_writelines(run: Run) -> None:
 def test_aclose_fails_the_waiters_and_the_client_works_after(run: Run) -> None:
     gate = asyncio.Event()
 
-    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: Origin) -> None:
-        while await origin.read_request(reader) is not None:
-            await gate.wait()
-            writer.write(ok())
-
     async def main() -> None:
         gate.clear()
-        async with Origin(held) as origin:
+        async with Origin(answer_when(gate)) as origin:
             client = http1.Client(origin.url, max_connections=1)
             first = asyncio.create_task(client.post("/", b""))
             waiting = asyncio.create_task(client.post("/", b""))
@@ -243,14 +249,9 @@ def test_the_pool_never_opens_more_than_its_limit(run: Run) -> None:
 def test_a_cancelled_waiter_leaks_no_slot(run: Run) -> None:
     gate = asyncio.Event()
 
-    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, origin: Origin) -> None:
-        while await origin.read_request(reader) is not None:
-            await gate.wait()
-            writer.write(ok())
-
     async def main() -> None:
         gate.clear()
-        async with Origin(held) as origin:
+        async with Origin(answer_when(gate)) as origin:
             client = http1.Client(origin.url, max_connections=1)
             first = asyncio.create_task(client.post("/", b"a"))
             waiting = asyncio.create_task(client.post("/", b"b"))
