@@ -22,11 +22,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-import orjson
 import uvloop
 
-from bench.bench_gateway import bodies, image_b64
+from bench.bench_gateway import bodies, image_b64, last_request
 from bench.run_all import write_section
 from gateway.app import create_app
 from gateway.config import Settings
@@ -114,9 +112,7 @@ async def run(sim_url: str, requests: int, rounds: int, tmp: Path) -> dict[str, 
             async with app.router.lifespan_context(app):  # type: ignore[attr-defined]
                 results[name].append(await measure(asgi_call(app, body), requests))
             if not upstream_body:  # what huayu sent upstream, as the simulator recorded it
-                async with httpx.AsyncClient() as http:
-                    recorded = (await http.get(sim_url + "/_sim/requests", params={"limit": 1})).json()["data"]
-                upstream_body = orjson.dumps(recorded[-1])
+                upstream_body = last_request(sim_url)
         client = Client(sim_url)
         results[BASELINE].append(await measure(client_call(client, upstream_body), requests))
         await client.aclose()

@@ -122,11 +122,16 @@ def upstream_bodies(sim_url: str, huayu_chat: str, body: dict[str, bytes]) -> di
     with httpx.Client(timeout=30) as client:
         for kind in ("plain", "stream"):
             client.post(huayu_chat, content=body["huayu_" + kind], headers={"content-type": "application/json"})
-            sent = client.get(sim_url + "/_sim/requests", params={"limit": 1}).json()["data"]
-            if not sent:
-                raise RuntimeError("the simulator recorded no request from huayu")
-            out["upstream_" + kind] = orjson.dumps(sent[-1])
+            out["upstream_" + kind] = last_request(sim_url)
     return out
+
+
+def last_request(sim_url: str) -> bytes:
+    """The body of the last chat request the simulator at ``sim_url`` (its root) received."""
+    sent = httpx.get(sim_url + "/_sim/requests", params={"limit": 1}, timeout=30).json()["data"]
+    if not sent:
+        raise RuntimeError("the simulator recorded no request")
+    return orjson.dumps(sent[-1])
 
 
 def measure(tmp: Path, paths: list[Path_], body: dict[str, bytes], rounds: int, seconds: float) -> dict[str, Any]:
