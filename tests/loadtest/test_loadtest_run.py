@@ -29,7 +29,6 @@ def test_a_short_run_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFix
         assert step["requests"] > 0 and step["errors"] == 0, step["error_kinds"]
         for key in ("ttft_ms", "e2e_ms", "cache_hit_e2e_ms", "tpot_ms", "itl_ms"):
             assert set(step[key]) >= {"p50", "p95", "p99"}
-        assert step["ttft_ms"]["p50"] >= 20.0  # the simulator's own time to first token is a floor
         assert set(step["checks"]) == {"ttft_p95_ms", "cache_hit_p99_ms", "error_rate"}
         assert step["output_tokens"]["total"] > 0 and step["completed_rps"] > 0
     assert report["slo"]["ttft_p95_ms"] == 500.0 and "max_rps_holding_slo" in report["verdict"]
@@ -38,6 +37,10 @@ def test_a_short_run_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFix
     done = [s for s in samples if s.ok]
     assert all(s.cached is not None and s.output_tokens for s in done)  # huayu's fields, read from each answer
     assert all(s.ttft_ms is not None for s in done if s.stream)
+    # the simulator's own time to first token is a floor for every answer it generated (a repeat
+    # answered from the cache comes sooner: at 1.5 s a step those can be half of a step's samples)
+    generated = [s.ttft_ms for s in done if s.stream and not s.cached]
+    assert generated and all(t is not None and t >= 20.0 for t in generated)
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "# huayu load test" in (out / "report.md").read_text() and "report.md" in capsys.readouterr().out
 
