@@ -5,7 +5,9 @@ then ``StagedImage.finish`` for the JPEG and the thumbnail (a miss)."""
 from __future__ import annotations
 
 import base64
+import functools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -166,10 +168,12 @@ def stage_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | None 
         rgb = correct_glare(rgb)
     lap("colour")
 
+    # the digest in a second thread while this one fingerprints (neither writes to the pixels)
+    digesting = _helper().submit(pixel_digest, rgb)
     fp = fingerprint(rgb, aspect=1 / aspect if turned else aspect)
     lap("fingerprint")
-    digest = pixel_digest(rgb)
-    lap("digest")
+    digest = digesting.result()
+    lap("digest")  # what is left of it once the fingerprint is done
     keys = ImageKeys(
         digest=digest,
         phash=fp.phash,
@@ -181,6 +185,17 @@ def stage_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | None 
         source_height=h,
     )
     return StagedImage(keys, rgb, ready, fp.thumbnail, opts.jpeg_quality)
+
+
+@functools.cache
+def _helper() -> ThreadPoolExecutor:
+    """A thread beside the one preparing images, for the digest: BLAKE3 hashes without the GIL, on the
+    other core while this one fingerprints. Measured on 200 copies of the cache-hit benchmark (2
+    cores): fingerprint and digest p50 2.81 -> 2.21 ms, p99 5.30 -> 4.23. The pHash did not gain
+    there as well (its NumPy steps and the signature's take turns with the GIL), nor did the digest
+    started after the proxy (it then competes with nothing but the small proxy's steps, yet it
+    finished later). Under load both cores are busy anyway; the work is the same."""
+    return ThreadPoolExecutor(1, thread_name_prefix="huayu-image-helper")
 
 
 def _model_ready(
