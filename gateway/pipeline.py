@@ -376,7 +376,7 @@ class Describer:
         user_text = prep.messages[1]["content"][1]["text"]
         return DescriptionRecord(
             id=result.id,
-            artwork_digest=image.digest,
+            artwork_digest=image.artwork_digest,
             phash=image.phash,
             thumbnail=image.thumbnail,
             image_jpeg=image.jpeg,

@@ -1,5 +1,6 @@
-"""The description cache: exact (hash of the normalized pixels) and near-duplicate (pHash within a
-Hamming distance, verified by a finer signature) matches, in process or in Redis.
+"""The description cache: exact (hash of the normalized 256-pixel view, ``view_digest``) and
+near-duplicate (pHash within a Hamming distance, verified by a finer signature) matches, in
+process or in Redis.
 
 A cache never fails a request: a backend that is slow or down answers "miss" and is counted.
 """

@@ -29,6 +29,7 @@ from gateway.images.prepare import (
     pixel_digest,
     prepare_image,
     stage_image,
+    view_digest,
 )
 from gateway.images.source import ACCEPTED_FORMATS, ACCEPTED_TEXT
 from gateway.images.worker import ImageWorker, Staged
@@ -49,4 +50,5 @@ __all__ = [
     "prepare_image",
     "stage_image",
     "target_size",
+    "view_digest",
 ]

@@ -1,11 +1,12 @@
 """``prepare_image``: an upload's bytes to the model-ready JPEG and the keys the cache looks it up by,
 readable top to bottom, in two stages: ``stage_image`` as far as the keys (all a cache hit needs),
-then ``StagedImage.finish`` for the JPEG and the thumbnail (a miss)."""
+then ``StagedImage.finish`` for the model image, its JPEG and the thumbnail (a miss)."""
 
 from __future__ import annotations
 
 import base64
 import functools
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
@@ -15,13 +16,13 @@ import simplejpeg
 from blake3 import blake3
 from PIL import Image
 
-from gateway.cache.fingerprint import content_box, fingerprint, fit
+from gateway.cache.fingerprint import PROXY_EDGE, content_box, fingerprint, fit
 from gateway.config import Settings
 from gateway.errors import InvalidRequest, PayloadTooLarge, Unprocessable
 from gateway.images.colour import correct_glare, needs_conversion, to_srgb
 from gateway.images.geometry import orient, resize, target_size
 from gateway.images.passthrough import strip_model_ready
-from gateway.images.source import decode, exif_orientation, open_image
+from gateway.images.source import dct_size, decode, exif_orientation, open_image
 
 THUMBNAIL_EDGE = 256
 THUMBNAIL_QUALITY = 80
@@ -56,7 +57,9 @@ class ImageOptions:
 
 @dataclass(frozen=True)
 class ImageKeys:
-    """What the description cache looks an image up by, with its sizes: all that a cache hit needs."""
+    """What the description cache looks an image up by, with its sizes: all that a cache hit needs.
+    ``digest``, the exact key, hashes the normalized view the fingerprints are made from (see
+    ``view_digest``); the model image's own pixels are hashed only for a miss (``artwork_digest``)."""
 
     digest: str
     phash: int
@@ -70,8 +73,10 @@ class ImageKeys:
 
 @dataclass(frozen=True)
 class PreparedImage(ImageKeys):
-    """The keys, and the model-ready JPEG with the store's thumbnail (only a cache miss needs them)."""
+    """The keys, and the model-ready JPEG with the store's thumbnail (only a cache miss needs them).
+    ``artwork_digest`` hashes the model image's pixels: the artwork's identity in the results store."""
 
+    artwork_digest: str
     jpeg: bytes
     thumbnail: bytes
 
@@ -98,34 +103,120 @@ def prepare_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | Non
     return stage_image(data, opts, steps).finish(steps)
 
 
+@dataclass(frozen=True)
+class _Header:
+    """What the file's header says, checked: nothing is decoded yet."""
+
+    im: Image.Image
+    width: int
+    height: int
+    orientation: int
+    icc: object
+    target: tuple[int, int]  # the model image's size, as the file lies (before EXIF turns it)
+
+    @property
+    def turned(self) -> bool:
+        return self.orientation in (5, 6, 7, 8)
+
+    @property
+    def aspect(self) -> float:
+        """The source's width/height as it is shown (EXIF applied)."""
+        w, h = self.width, self.height
+        return h / w if self.turned else w / h
+
+
+@dataclass
+class _ModelPixels:
+    """The model image's pixels (before the optional lighting correction), and the upload itself
+    when it already is the model's JPEG."""
+
+    rgb: np.ndarray
+    ready: bytes | None
+    aspect: float  # the shown aspect of what the pixels hold, a trimmed border left out
+
+
 class StagedImage:
-    """An upload taken as far as its cache keys (``keys``); ``finish()`` makes the model's JPEG and
-    the thumbnail from the pixels it holds, which a cache hit never needs (~2 ms of a copy's ~6)."""
+    """An upload taken as far as its cache keys (``keys``); ``finish()`` makes the model's image, its
+    JPEG and the thumbnail, which a cache hit never needs. A small JPEG was only decoded at the
+    fingerprint's scale so far; the rest hold the model image's pixels already."""
 
     def __init__(
-        self, keys: ImageKeys, rgb: np.ndarray, ready: bytes | None, proxy: np.ndarray | None, quality: int
+        self,
+        keys: ImageKeys,
+        data: bytes,
+        header: _Header,
+        opts: ImageOptions,
+        model: _ModelPixels | None,
+        proxy: np.ndarray | None,
     ) -> None:
         self.keys = keys
-        self._rgb = rgb
-        self._ready = ready  # the upload itself, when it already is the model's JPEG
+        self._data = data
+        self._header = header
+        self._opts = opts
+        self._model = model
         self._proxy = proxy  # the fingerprint's proxy, the thumbnail when no border was trimmed
-        self._quality = quality
 
     def finish(self, steps: dict[str, float] | None = None) -> PreparedImage:
         lap = _Laps(steps)
-        jpeg = self._ready if self._ready is not None else _encode(self._rgb, self._quality)
+        model = self._model or _model_pixels(self._data, self._header, self._opts, lap)
+        rgb = correct_glare(model.rgb) if self._opts.correct_glare else model.rgb
+        lap("glare")
+        # the store's digest in the helper thread while this one encodes (both drop the GIL)
+        digesting = _helper().submit(pixel_digest, rgb)
+        jpeg = model.ready if model.ready is not None else _encode(rgb, self._opts.jpeg_quality)
         lap("encode")
-        thumbnail = _encode(
-            self._proxy if self._proxy is not None else fit(self._rgb, THUMBNAIL_EDGE), THUMBNAIL_QUALITY
-        )
+        corrected = self._opts.correct_glare  # the thumbnail shows what the model was sent
+        thumb = self._proxy if self._proxy is not None and not corrected else fit(rgb, THUMBNAIL_EDGE)
+        thumbnail = _encode(thumb, THUMBNAIL_QUALITY)
         lap("thumbnail")
+        artwork = digesting.result()
+        lap("digest")
         keys = {f.name: getattr(self.keys, f.name) for f in fields(ImageKeys)}  # every key, added or not
-        return PreparedImage(**keys, jpeg=jpeg, thumbnail=thumbnail)
+        return PreparedImage(**keys, artwork_digest=artwork, jpeg=jpeg, thumbnail=thumbnail)
+
+
+# A JPEG up to this many times the model image's pixels is fingerprinted from a decode at the
+# fingerprint's own scale (1/4 of a 1024-pixel copy), and decoded again at the model's only on a
+# miss: a hit skips the full decode, the resize and the model image's colour steps. A larger file
+# is decoded once, at the model's scale (entropy decoding, the same at every scale, dominates a
+# 12-megapixel photo: two decodes would cost nearly twice one).
+PROXY_FIRST_MAX_RATIO = 4
 
 
 def stage_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | None = None) -> StagedImage:
-    """The first stage: the upload checked, decoded, resized, converted, fingerprinted and hashed."""
+    """The first stage: the upload checked, then decoded as far as its fingerprint and exact key."""
     lap = _Laps(steps)
+    header = _read_header(data, opts)
+    lap("header")
+    model: _ModelPixels | None = None
+    view = _proxy_source(data, header, opts)
+    lap("decode")
+    if view is None:
+        model = _model_pixels(data, header, opts, lap)
+        view, aspect = model.rgb, model.aspect
+    else:
+        aspect = header.aspect
+    fp = fingerprint(view, aspect=aspect)
+    lap("fingerprint")
+    if model is not None:
+        h, w = model.rgb.shape[:2]
+    else:
+        w, h = header.target[::-1] if header.turned else header.target
+    keys = ImageKeys(
+        digest=view_digest(fp.proxy, (w, h), opts),
+        phash=fp.phash,
+        signature=fp.signature,
+        width=w,
+        height=h,
+        source_format=str(header.im.format),
+        source_width=header.width,
+        source_height=header.height,
+    )
+    lap("digest")
+    return StagedImage(keys, data, header, opts, model, fp.thumbnail)
+
+
+def _read_header(data: bytes, opts: ImageOptions) -> _Header:
     if len(data) > opts.max_bytes:
         raise PayloadTooLarge(f"image is {len(data)} bytes; the limit is {opts.max_bytes} bytes")
     if not data:
@@ -139,11 +230,38 @@ def stage_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | None 
     orientation = exif_orientation(im)
     turned = orientation in (5, 6, 7, 8)
     tw, th = target_size(*((h, w) if turned else (w, h)), opts.max_edge)
-    raw_target = (th, tw) if turned else (tw, th)
-    icc = im.info.get("icc_profile")
-    ready = _model_ready(data, im, opts, orientation, raw_target)
-    lap("header")
+    target = (th, tw) if turned else (tw, th)
+    return _Header(im, w, h, orientation, im.info.get("icc_profile"), target)
 
+
+def _proxy_source(data: bytes, header: _Header, opts: ImageOptions) -> np.ndarray | None:
+    """A small JPEG decoded at the smallest DCT scale that covers the fingerprint's proxy, in sRGB
+    and turned as shown; None for the rest (decoded at the model's scale instead), and when borders
+    are to be cropped (the model image's size, one of the keys, then depends on the full decode)."""
+    im, (w, h), (tw, th) = header.im, (header.width, header.height), header.target
+    if im.format != "JPEG" or im.mode not in ("RGB", "L") or opts.crop_borders:
+        return None
+    if w * h > PROXY_FIRST_MAX_RATIO * tw * th:
+        return None
+    s = min(1.0, PROXY_EDGE / max(w, h))
+    least = dct_size((w, h), (max(1, math.ceil(w * s)), max(1, math.ceil(h * s))))
+    try:
+        space = "RGB" if im.mode == "RGB" else "GRAY"
+        arr = simplejpeg.decode_jpeg(data, colorspace=space, min_width=least[0], min_height=least[1])
+    except ValueError:
+        return None  # libjpeg-turbo refuses what Pillow may still read: the model's path decides
+    # the rest of the way to the proxy's size: bilinear, as for the model image (a factor under 2
+    # after DCT scaling); the fingerprint's area averaging at such a fraction cost ~0.8 ms here
+    ah, aw = arr.shape[:2]
+    s = min(1.0, PROXY_EDGE / max(aw, ah))
+    arr = resize(arr, (max(1, round(aw * s)), max(1, round(ah * s))))
+    return orient(to_srgb(arr, im.mode, header.icc), header.orientation)
+
+
+def _model_pixels(data: bytes, header: _Header, opts: ImageOptions, lap: _Laps) -> _ModelPixels:
+    """The upload decoded, trimmed (the option), resized to the model's size, in sRGB and turned."""
+    im, orientation, raw_target = header.im, header.orientation, header.target
+    ready = _model_ready(data, im, opts, orientation, raw_target)
     pixels = _decode_strictly(ready) if ready is not None else None
     if pixels is None:
         ready = None
@@ -151,6 +269,7 @@ def stage_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | None 
     else:
         arr, mode = pixels, "RGB"
     lap("decode")
+    w, h = header.width, header.height
     aspect = w / h
     if opts.crop_borders:
         x0, y0, x1, y1 = content_box(arr)
@@ -159,42 +278,19 @@ def stage_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | None 
             arr = arr[y0:y1, x0:x1]
             cw, ch = max(32, round((x1 - x0) * sx)), max(32, round((y1 - y0) * sy))
             aspect = cw / ch
-            tw, th = target_size(*((ch, cw) if turned else (cw, ch)), opts.max_edge)
-            raw_target = (th, tw) if turned else (tw, th)
+            tw, th = target_size(*((ch, cw) if header.turned else (cw, ch)), opts.max_edge)
+            raw_target = (th, tw) if header.turned else (tw, th)
     arr = resize(arr, raw_target)
     lap("resize")
-    rgb = orient(to_srgb(arr, mode, icc), orientation)
-    if opts.correct_glare:
-        rgb = correct_glare(rgb)
+    rgb = orient(to_srgb(arr, mode, header.icc), orientation)
     lap("colour")
-
-    # the digest in a second thread while this one fingerprints (neither writes to the pixels)
-    digesting = _helper().submit(pixel_digest, rgb)
-    fp = fingerprint(rgb, aspect=1 / aspect if turned else aspect)
-    lap("fingerprint")
-    digest = digesting.result()
-    lap("digest")  # what is left of it once the fingerprint is done
-    keys = ImageKeys(
-        digest=digest,
-        phash=fp.phash,
-        signature=fp.signature,
-        width=rgb.shape[1],
-        height=rgb.shape[0],
-        source_format=str(im.format),
-        source_width=w,
-        source_height=h,
-    )
-    return StagedImage(keys, rgb, ready, fp.thumbnail, opts.jpeg_quality)
+    return _ModelPixels(rgb, ready, 1 / aspect if header.turned else aspect)
 
 
 @functools.cache
 def _helper() -> ThreadPoolExecutor:
-    """A thread beside the one preparing images, for the digest: BLAKE3 hashes without the GIL, on the
-    other core while this one fingerprints. Measured on 200 copies of the cache-hit benchmark (2
-    cores): fingerprint and digest p50 2.81 -> 2.21 ms, p99 5.30 -> 4.23. Started after the proxy
-    instead, the digest gained less (p50 2.39); the pHash in this thread too gained nothing (its NumPy
-    steps and the signature's take turns with the GIL). Under load both cores are busy anyway; the
-    work is the same."""
+    """A thread beside the one preparing images, for the store's digest of the model image: BLAKE3
+    hashes without the GIL, on the other core while this one encodes the JPEG."""
     return ThreadPoolExecutor(1, thread_name_prefix="huayu-image-helper")
 
 
@@ -228,9 +324,21 @@ def _encode(rgb: np.ndarray, quality: int) -> bytes:
     return out
 
 
+def view_digest(proxy: np.ndarray, size: tuple[int, int], opts: ImageOptions) -> str:
+    """The exact cache key: the normalized view the fingerprints are made from (sRGB, turned as
+    shown, borders trimmed, at most 256 pixels a side), with the model image's size and the options
+    that change its pixels. Two uploads with the same key show the same picture at that scale; their
+    model images may still differ in fine detail, so the store keys artworks by ``pixel_digest``.
+    Hashing the view instead of the model image lets a hit skip the model image altogether."""
+    h = blake3(repr((proxy.shape, size, opts.crop_borders, opts.correct_glare)).encode())
+    h.update(np.ascontiguousarray(proxy).data)
+    return h.hexdigest(16)
+
+
 def pixel_digest(rgb: np.ndarray) -> str:
-    """The exact cache key: the normalized pixels and their shape, hashed where they lie (building
-    one bytes object of them copied 2.4 MB twice, which cost as much as the hashing itself).
+    """The artwork's key in the results store: the model image's pixels and their shape, hashed
+    where they lie (building one bytes object of them copied 2.4 MB twice, which cost as much as
+    the hashing itself).
     BLAKE3, 128 bits: 2.4 MB in ~0.4 ms on one core here, where SHA-256 (with the SHA extensions)
     took ~1.3 ms and BLAKE2b ~3.5. A cryptographic hash, because artworks are stored by this key
     across tenants: two images that collide would share a stored artwork."""

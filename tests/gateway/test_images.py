@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageOps
 
-from gateway.cache.fingerprint import hamming, same_artwork
+from gateway.cache.fingerprint import fit, hamming, same_artwork
 from gateway.config import Settings
 from gateway.errors import InvalidRequest, PayloadTooLarge, Unprocessable, UnsupportedMedia
 from gateway.images import (
@@ -28,6 +28,7 @@ from gateway.images import (
     prepare_image,
     stage_image,
     target_size,
+    view_digest,
 )
 from gateway.images.source import dct_size
 from tests.gateway.imageset import sk
@@ -109,12 +110,18 @@ def test_jpeg_dct_scale(size: tuple[int, int], target: tuple[int, int], decoded:
     assert dct_size(size, target) == decoded
 
 
-def test_digest_is_the_pixels_key_as_stored(photo: np.ndarray) -> None:
-    # the artwork's identity in the results store and the exact cache key: it must not drift
+def test_digests_are_the_keys_as_stored(photo: np.ndarray) -> None:
+    # the artwork's identity in the results store (the model image's pixels) and the exact cache
+    # key (the fingerprints' view, the model image's size and the options): neither may drift
     rgb = np.ascontiguousarray(photo[:288, :448])
     want = blake3(repr(rgb.shape).encode() + rgb.tobytes()).hexdigest(16)
     assert pixel_digest(rgb) == want
-    assert prepare_image(encode(rgb, "PNG"), OPTS).digest == want
+    p = prepare_image(encode(rgb, "PNG"), OPTS)
+    assert p.artwork_digest == want
+    proxy = fit(rgb, 256)
+    assert proxy.shape == (165, 256, 3)
+    view = blake3(repr(((165, 256, 3), (448, 288), False, False)).encode() + proxy.tobytes()).hexdigest(16)
+    assert p.digest == view_digest(proxy, (448, 288), OPTS) == view
 
 
 def test_small_image_is_not_upscaled(photo: np.ndarray) -> None:
@@ -286,6 +293,45 @@ def test_crop_borders_option(photo: np.ndarray) -> None:
     assert hamming(plain.phash, cropped.phash) <= 4 and same_artwork(plain.signature, cropped.signature)
 
 
+def test_small_jpegs_are_keyed_from_a_decode_at_the_proxys_scale(photo: np.ndarray) -> None:
+    # a copy up to 4x the model image's pixels: the keys from a DCT-scaled decode, the model image on
+    # finish(); a larger one is decoded once, at the model's scale. Both find each other.
+    big = cv2.resize(photo, (2400, 1600), interpolation=cv2.INTER_CUBIC)
+    small = cv2.resize(big, (1200, 800), interpolation=cv2.INTER_AREA)
+    keys = {}
+    for name, rgb, stage_steps in (
+        ("small", small, ["header", "decode", "fingerprint", "digest"]),
+        ("big", big, ["header", "decode", "resize", "colour", "fingerprint", "digest"]),
+    ):
+        steps: dict[str, float] = {}
+        staged = stage_image(encode(rgb, "JPEG", quality=90), OPTS, steps)
+        assert list(steps) == stage_steps, name
+        assert (staged.keys.width, staged.keys.height) == (1024, 672)
+        keys[name] = staged.keys
+    assert hamming(keys["small"].phash, keys["big"].phash) <= 4
+    assert same_artwork(keys["small"].signature, keys["big"].signature)
+
+
+def test_the_border_shortcut_finds_what_the_full_search_finds(
+    photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # content_box skips its shrunk copy when no edge could start a border; it must lose none
+    import gateway.cache.fingerprint as fp
+
+    rng = np.random.default_rng(5)
+    cases = []
+    for value in (0, 20, 30, 128, 228, 236, 255):
+        for sides in ((12, 0, 0, 0), (0, 9, 30, 0), (5, 5, 5, 5), (0, 0, 0, 0)):
+            framed = cv2.copyMakeBorder(photo, *sides, cv2.BORDER_CONSTANT, value=(value,) * 3)
+            noisy = np.clip(framed.astype(np.int16) + rng.integers(-6, 7, framed.shape), 0, 255).astype(np.uint8)
+            big = cv2.resize(noisy, (noisy.shape[1] * 3, noisy.shape[0] * 3), interpolation=cv2.INTER_NEAREST)
+            cases += [framed, noisy, noisy[..., 0], big]
+    quick = [fp.content_box(a) for a in cases]
+    monkeypatch.setattr(fp, "_may_border", lambda edge, lines: True)
+    assert quick == [fp.content_box(a) for a in cases]
+    assert sum(box != (0, 0, a.shape[1], a.shape[0]) for box, a in zip(quick, cases, strict=True)) >= 20
+
+
 def test_glare_correction_flattens_a_shadow(photo: np.ndarray) -> None:
     ramp = np.linspace(0.45, 1.0, photo.shape[1], dtype=np.float32)[None, :, None]
     shaded = (photo * ramp).astype(np.uint8)
@@ -335,7 +381,12 @@ def test_the_two_stages_make_what_prepare_image_makes(photo: np.ndarray, options
         staged = stage_image(data, options, steps)
         assert type(staged.keys) is ImageKeys
         assert staged.keys == ImageKeys(**{k: getattr(want, k) for k in ImageKeys.__dataclass_fields__})
-        assert list(steps) == ["header", "decode", "resize", "colour", "fingerprint", "digest"]
-        assert staged.finish(steps) == want
-        assert list(steps)[-2:] == ["encode", "thumbnail"]
+        # a small JPEG is fingerprinted from a decode at the proxy's scale: the model image waits for finish()
+        proxy_first = data[:2] == b"\xff\xd8" and not options.crop_borders
+        model = ["resize", "colour"]
+        assert list(steps) == ["header", "decode", *([] if proxy_first else model), "fingerprint", "digest"]
+        finished: dict[str, float] = {}
+        assert staged.finish(finished) == want
+        decoded = ["decode", *model] if proxy_first else []
+        assert list(finished) == [*decoded, "glare", "encode", "thumbnail", "digest"]
         assert isinstance(want, ImageKeys) and want.data_url().startswith("data:image/jpeg;base64,")

@@ -52,7 +52,7 @@ def test_model_ready_jpeg_is_sent_on_without_its_metadata(rgb: np.ndarray) -> No
     assert b"PhoneMaker" not in p.jpeg and b"secret note" not in p.jpeg and b"PK" not in p.jpeg
     assert not any(0xE1 <= m <= 0xEF or m == 0xFE for m in markers(p.jpeg))
     pixels = simplejpeg.decode_jpeg(plain)
-    assert p.digest == pixel_digest(pixels)
+    assert p.artwork_digest == pixel_digest(pixels)
     assert (p.width, p.height, p.source_format) == (448, 288, "JPEG")
 
 

@@ -71,6 +71,7 @@ def test_a_near_hit_makes_no_jpeg_and_a_miss_sends_and_stores_the_right_one(gate
     assert _sent_image(sent) == want.data_url()
     stored = gateway.stored(miss["id"])
     artwork = stored["artwork_id"]
+    assert artwork == "art_" + want.artwork_digest[:16]  # the model image's pixels, not the cache's key
     assert gateway.client.get(f"/v1/artworks/{artwork}/image").content == want.jpeg
     assert gateway.client.get(f"/v1/artworks/{artwork}/thumbnail").content == want.thumbnail
 
