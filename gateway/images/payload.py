@@ -6,6 +6,8 @@ import base64
 import binascii
 import re
 
+import pybase64
+
 from gateway.errors import InvalidRequest, UnsupportedMedia
 from gateway.images.source import ACCEPTED_TEXT
 
@@ -26,10 +28,18 @@ def decode_image_payload(value: str) -> bytes:
             raise InvalidRequest("image data URL must be base64-encoded (data:image/<type>;base64,<data>)")
         value = value[m.end() :]
     try:
-        # whitespace inside base64 (line-wrapped payloads) is common and harmless
-        data = base64.b64decode("".join(value.split()), validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise InvalidRequest(f"image is not valid base64 ({e}); send raw base64 or a data:image/...;base64 URL") from e
+        data = pybase64.b64decode(value, validate=True)  # SIMD: ~50x the standard library's speed
+    except (binascii.Error, ValueError):
+        data = _lenient(value)
     if not data:
         raise InvalidRequest("image is empty")
     return data
+
+
+def _lenient(value: str) -> bytes:
+    """Base64 with whitespace inside (line-wrapped payloads are common and harmless); anything else
+    wrong is named the way the standard library names it."""
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InvalidRequest(f"image is not valid base64 ({e}); send raw base64 or a data:image/...;base64 URL") from e

@@ -4,7 +4,6 @@ then ``StagedImage.finish`` for the model image, its JPEG and the thumbnail (a m
 
 from __future__ import annotations
 
-import base64
 import functools
 import math
 import time
@@ -12,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 import numpy as np
+import pybase64
 import simplejpeg
 from blake3 import blake3
 from PIL import Image
@@ -81,7 +81,7 @@ class PreparedImage(ImageKeys):
     thumbnail: bytes
 
     def data_url(self) -> str:
-        return "data:image/jpeg;base64," + base64.b64encode(self.jpeg).decode("ascii")
+        return "data:image/jpeg;base64," + pybase64.b64encode(self.jpeg).decode("ascii")
 
 
 class _Laps:

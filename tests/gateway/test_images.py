@@ -64,6 +64,8 @@ def test_payload_raw_base64_and_data_url() -> None:
     ("value", "error", "says"),
     [
         ("not base64 at all!", InvalidRequest, "not valid base64"),
+        ("QUJDRA=", InvalidRequest, r"not valid base64 \(Incorrect padding"),  # the standard library's words
+        ("QUJDRA==é", InvalidRequest, "not valid base64"),
         ("data:text/plain;base64,aGVsbG8=", UnsupportedMedia, "text/plain"),
         ("data:image/png,rawbytes", InvalidRequest, "base64"),
         ("", InvalidRequest, "empty"),
