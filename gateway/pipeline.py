@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.cache import CacheHit, DescriptionCache
+from gateway.cache import CacheHit, DescriptionCache, Prefetch
 from gateway.config import Settings
 from gateway.images import ImageKeys, ImageOptions, ImageWorker, PreparedImage
 from gateway.images.memo import ImageMemo, StagedUpload
@@ -41,6 +41,7 @@ class _Prepared:
     adapter: str | None
     started: float
     upload: StagedUpload | None = None  # staged for the cache: finish() for the image, else drop()
+    prefetch: Prefetch | None = None  # the cache's round trip, started from the early keys
     # the image and the messages carrying it: made by _ready(), only for a request that goes upstream
     image: PreparedImage | None = None
     data_url: str = ""
@@ -54,9 +55,11 @@ class _Prepared:
 
     def release(self) -> None:
         """The staged image is not needed (a hit, a joined flight, a failure): its worker is freed.
-        Nothing happens once it was finished."""
+        Nothing happens once it was finished. A prefetch never awaited is called off."""
         if self.upload is not None:
             self.upload.drop()
+        if self.prefetch is not None:
+            self.prefetch.cancel()  # a no-op once it is done
 
 
 class Describer:
@@ -154,9 +157,24 @@ class Describer:
             request=job.request,
             options=(options.crop_borders, options.correct_glare),
         )
-        # last, with nothing after it that can fail: the caller's try/finally drops what is staged
-        staged = await self.memo.stage(upload, options)
-        return _Prepared(job, staged.keys, scope, model, adapter, started, upload=staged)
+        # the cache's round trip starts from the early keys, while the worker makes the signature
+        prefetch: list[Prefetch] = []
+        cache = self.cache
+        assert cache is not None
+
+        def early(digest: str, phash: int) -> None:
+            if (started_early := cache.prefetch(scope, digest, phash)) is not None:
+                prefetch.append(started_early)
+
+        try:
+            # last, with nothing after it that can fail: the caller's try/finally drops what is staged
+            staged = await self.memo.stage(upload, options, early if cache.prefetches else None)
+        except BaseException:
+            for p in prefetch:
+                p.cancel()
+            raise
+        first = prefetch[0] if prefetch else None
+        return _Prepared(job, staged.keys, scope, model, adapter, started, upload=staged, prefetch=first)
 
     async def _ready(self, prep: _Prepared) -> None:
         """What going upstream needs: the model-ready image (a staged one finished) and the messages."""
@@ -175,7 +193,7 @@ class Describer:
         if not self._cacheable(prep.job):
             return None
         assert self.cache is not None
-        hit: CacheHit | None = await self.cache.get(prep.scope, prep.keys)
+        hit: CacheHit | None = await self.cache.get(prep.scope, prep.keys, prep.prefetch)
         if hit is None:
             return None
         value = hit.value

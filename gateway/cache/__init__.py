@@ -9,18 +9,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gateway.cache.base import CacheHit
+from gateway.cache.base import CacheHit, Prefetch
 from gateway.cache.metrics import CacheMetrics
 from gateway.config import Settings
 
 if TYPE_CHECKING:
     from gateway.images import ImageKeys
 
-__all__ = ["CacheHit", "CacheMetrics", "DescriptionCache", "build_cache"]
+__all__ = ["CacheHit", "CacheMetrics", "DescriptionCache", "Prefetch", "build_cache"]
 
 
 class DescriptionCache(Protocol):
-    async def get(self, scope: str, image: ImageKeys) -> CacheHit | None: ...
+    # whether prefetch() starts anything: then the image worker tells the early keys, else it need not
+    prefetches: bool
+
+    def prefetch(self, scope: str, digest: str, phash: int) -> Prefetch | None: ...
+
+    async def get(self, scope: str, image: ImageKeys, prefetched: Prefetch | None = None) -> CacheHit | None: ...
 
     async def put(self, scope: str, image: ImageKeys, value: dict[str, Any]) -> None: ...
 

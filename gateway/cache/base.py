@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -14,6 +15,28 @@ class CacheHit:
     value: dict[str, Any]
     kind: Literal["exact", "near"]
     distance: int
+
+
+@dataclass
+class Prefetch:
+    """A lookup's round trip started from the early keys (the digest and the pHash), while the image
+    worker still makes the signature; ``get()`` verifies what it brought. Cancelled when unused."""
+
+    digest: str
+    phash: int
+    task: asyncio.Task[Any]
+
+    def serves(self, digest: str, phash: int) -> bool:
+        return (self.digest, self.phash) == (digest, phash) and not self.task.cancelled()
+
+    def cancel(self) -> None:
+        self.task.cancel()
+
+
+def retrieve(task: asyncio.Task[Any]) -> None:
+    """A prefetch's failure is counted where it is awaited; one never awaited is not logged by asyncio."""
+    if not task.cancelled():
+        task.exception()
 
 
 class Recorder:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -91,9 +92,12 @@ def _may_border(edge: np.ndarray, lines: int) -> bool:
     return True
 
 
-def fingerprint(rgb: np.ndarray, aspect: float | None = None) -> Fingerprint:
+def fingerprint(
+    rgb: np.ndarray, aspect: float | None = None, on_phash: Callable[[np.ndarray, int], None] | None = None
+) -> Fingerprint:
     """``aspect``: the source's width/height; the model image's sides are rounded to multiples of
-    32, which distorts small images by up to a few percent."""
+    32, which distorts small images by up to a few percent. ``on_phash``, when given, is called
+    with the proxy and the pHash before the signature is made (a third of the work is left then)."""
     h, w = rgb.shape[:2]
     proxy = fit(rgb, PROXY_EDGE)
     # borders are found on the proxy (one resize fewer) and cut from the full image
@@ -106,12 +110,10 @@ def fingerprint(rgb: np.ndarray, aspect: float | None = None) -> Fingerprint:
         mx, my = (x1 - x0) // 64, (y1 - y0) // 64
         proxy = fit(rgb[y0 + my : y1 - my, x0 + mx : x1 - mx], PROXY_EDGE)
     proxy = np.ascontiguousarray(proxy)
-    return Fingerprint(
-        phash=phash64(Image.fromarray(proxy)),
-        signature=signature(proxy, true_aspect),
-        proxy=proxy,
-        trimmed=trimmed,
-    )
+    phash = phash64(Image.fromarray(proxy))
+    if on_phash is not None:
+        on_phash(proxy, phash)
+    return Fingerprint(phash=phash, signature=signature(proxy, true_aspect), proxy=proxy, trimmed=trimmed)
 
 
 def fit(rgb: np.ndarray, edge: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.cache.base import CacheHit, Recorder
+from gateway.cache.base import CacheHit, Prefetch, Recorder
 from gateway.cache.fingerprint import same_artwork
 from gateway.cache.index import NearIndex
 from gateway.cache.metrics import CacheMetrics
@@ -59,7 +59,12 @@ class MemoryCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get(self, scope: str, image: ImageKeys) -> CacheHit | None:
+    prefetches = False  # a lookup here has no round trip to start early
+
+    def prefetch(self, scope: str, digest: str, phash: int) -> Prefetch | None:
+        return None
+
+    async def get(self, scope: str, image: ImageKeys, prefetched: Prefetch | None = None) -> CacheHit | None:
         started = time.perf_counter()
         hit = self.lookup(scope, image.digest, image.phash, image.signature)
         self._rec.done(hit, started)

@@ -29,7 +29,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from gateway.cache.base import CacheHit, Recorder
+from gateway.cache.base import CacheHit, Prefetch, Recorder, retrieve
 from gateway.cache.fingerprint import same_artwork
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.mirror import BLOCK_MS, Candidate, Follower, Mirror, stream_record
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("huayu.cache")
 _BLOB = struct.Struct("<2sH")
 FETCH = 4  # near candidates whose entries come with the exact lookup's round trip
+# what a lookup's round trip brings: the near candidates, the exact entry, the first candidates' entries
+_Fetched = tuple[list[Candidate], Any, list[Any]]
 
 
 def scope_id(scope: str) -> str:
@@ -110,26 +112,48 @@ class RedisCache:
     def entry_key(self, sid: str, phash: int) -> str:
         return f"{self.prefix}{{{sid}}}:p:{phash:016x}"
 
-    async def get(self, scope: str, image: ImageKeys) -> CacheHit | None:
+    prefetches = True
+
+    def prefetch(self, scope: str, digest: str, phash: int) -> Prefetch | None:
+        """The lookup's round trip (the exact entry, the first near candidates' entries), started
+        while the image worker makes the signature: a near hit then waits for none (a third of its
+        lookup time here). ``get()`` awaits it, within its own timeout, and counts its failure."""
+        if time.monotonic() < self._down_until:
+            return None  # get() skips, and counts it
+        self._follow()
+        task = asyncio.get_running_loop().create_task(self._fetch(scope_id(scope), digest, phash))
+        task.add_done_callback(retrieve)
+        return Prefetch(digest, phash, task)
+
+    async def get(self, scope: str, image: ImageKeys, prefetched: Prefetch | None = None) -> CacheHit | None:
         started = time.perf_counter()
         hit = None
         self._follow()
         if not self._skipping("get"):
+            sid = scope_id(scope)
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    hit = await self._lookup(scope_id(scope), image.digest, image.phash, image.signature)
+                    if prefetched is not None and prefetched.serves(image.digest, image.phash):
+                        fetched = await prefetched.task
+                    else:
+                        fetched = await self._fetch(sid, image.digest, image.phash)
+                    hit = await self._lookup(sid, image.signature, fetched)
             except (RedisError, OSError, TimeoutError) as e:
                 self._fail("get", e)
         self._rec.done(hit, started)
         return hit
 
-    async def _lookup(self, sid: str, digest: str, phash: int, signature: bytes) -> CacheHit | None:
+    async def _fetch(self, sid: str, digest: str, phash: int) -> _Fetched:
         cands = self.mirror.query(sid, phash) if self.near_distance > 0 else []
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self.entry_key(sid, phash), bytes.fromhex(digest))
         for cand in cands[:FETCH]:
             pipe.hgetall(self.entry_key(sid, cand.phash))
         exact, *groups = await pipe.execute()
+        return cands, exact, groups
+
+    async def _lookup(self, sid: str, signature: bytes, fetched: _Fetched) -> CacheHit | None:
+        cands, exact, groups = fetched
         if isinstance(exact, bytes) and (entry := unpack_entry(exact)) is not None:
             return CacheHit(entry[1], "exact", 0)
         for start in range(0, len(cands), FETCH):

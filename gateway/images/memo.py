@@ -16,7 +16,7 @@ from collections import OrderedDict
 from blake3 import blake3
 
 from gateway.images.payload import decode_image_payload
-from gateway.images.prepare import ImageKeys, ImageOptions, PreparedImage
+from gateway.images.prepare import EarlyKeys, ImageKeys, ImageOptions, PreparedImage
 from gateway.images.worker import ImageWorker, Staged
 
 # uploads up to this size (as sent: base64 text counts) are hashed on the event loop for the memo
@@ -72,16 +72,17 @@ class ImageMemo:
         # the keys alone (None for the rest), or the prepared image itself (it is an ImageKeys) and its data URL
         self._memo: OrderedDict[bytes, tuple[ImageKeys, str | None]] = OrderedDict()
 
-    async def stage(self, source: bytes | str, options: ImageOptions) -> StagedUpload:
+    async def stage(self, source: bytes | str, options: ImageOptions, early: EarlyKeys | None = None) -> StagedUpload:
         """The upload's cache keys, from the memo or from a worker that holds on to the pixels until
-        the answer's ``finish()`` or ``drop()``; ``source`` is bytes, or base64 / a data URL."""
+        the answer's ``finish()`` or ``drop()``; ``source`` is bytes, or base64 / a data URL.
+        ``early``: as ``ImageWorker.stage``'s, called only when a worker makes the keys."""
         key = self._key(source, options)
         seen = self._recall(key)
         if seen is not None:
             image, url = seen
             full = (image, url) if isinstance(image, PreparedImage) and url is not None else None
             return StagedUpload(self, key, source, options, image, full=full)
-        staged = await self.worker.stage(_raw(source), options)
+        staged = await self.worker.stage(_raw(source), options, early)
         if key is not None and key not in self._memo:  # a request alongside may have kept it already
             self._keep(key, (staged.keys, None))
         return StagedUpload(self, key, source, options, staged.keys, staged=staged)

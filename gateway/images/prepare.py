@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
@@ -183,8 +184,16 @@ class StagedImage:
 PROXY_FIRST_MAX_RATIO = 4
 
 
-def stage_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | None = None) -> StagedImage:
-    """The first stage: the upload checked, then decoded as far as its fingerprint and exact key."""
+# what stage_image tells as soon as it knows them: the exact key (the digest) and the pHash, the keys
+# a cache's lookup can start with while the signature is still being made
+EarlyKeys = Callable[[str, int], None]
+
+
+def stage_image(
+    data: bytes, opts: ImageOptions, steps: dict[str, float] | None = None, early: EarlyKeys | None = None
+) -> StagedImage:
+    """The first stage: the upload checked, then decoded as far as its fingerprint and exact key.
+    ``early``, when given, hears the digest and the pHash before the signature is made."""
     lap = _Laps(steps)
     header = _read_header(data, opts)
     lap("header")
@@ -196,14 +205,22 @@ def stage_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | None 
         view, aspect = model.rgb, model.aspect
     else:
         aspect = header.aspect
-    fp = fingerprint(view, aspect=aspect)
-    lap("fingerprint")
     if model is not None:
         h, w = model.rgb.shape[:2]
     else:
         w, h = header.target[::-1] if header.turned else header.target
+    digest = ""
+
+    def found(proxy: np.ndarray, phash: int) -> None:
+        nonlocal digest
+        digest = view_digest(proxy, (w, h), opts)
+        if early is not None:
+            early(digest, phash)
+
+    fp = fingerprint(view, aspect=aspect, on_phash=found)
+    lap("fingerprint")
     keys = ImageKeys(
-        digest=view_digest(fp.proxy, (w, h), opts),
+        digest=digest,
         phash=fp.phash,
         signature=fp.signature,
         width=w,
@@ -212,7 +229,6 @@ def stage_image(data: bytes, opts: ImageOptions, steps: dict[str, float] | None 
         source_width=header.width,
         source_height=header.height,
     )
-    lap("digest")
     return StagedImage(keys, data, header, opts, model, fp.thumbnail)
 
 

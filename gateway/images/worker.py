@@ -31,8 +31,8 @@ from multiprocessing.context import SpawnProcess
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import ServiceUnavailable, Unprocessable
-from gateway.images.prepare import ImageKeys, ImageOptions, PreparedImage
-from gateway.images.worker_process import DROP, FINISH, FULL, KEYS_FIRST, Reply, WorkerProcess
+from gateway.images.prepare import EarlyKeys, ImageKeys, ImageOptions, PreparedImage
+from gateway.images.worker_process import DROP, FINISH, FULL, KEYS_EARLY, KEYS_FIRST, Reply, WorkerProcess
 
 if TYPE_CHECKING:
     from gateway.cache.metrics import CacheMetrics
@@ -53,9 +53,10 @@ TASK_TIMEOUT_S = 60.0
 class _Task:
     data: bytes
     opts: ImageOptions
-    future: asyncio.Future[Any]  # a PreparedImage; a Staged for a task in KEYS_FIRST mode
+    future: asyncio.Future[Any]  # a PreparedImage; a Staged for a task in KEYS_FIRST or KEYS_EARLY mode
     mode: int = FULL
     deadline: asyncio.TimerHandle | None = None  # while a worker has it
+    early: EarlyKeys | None = None  # told the digest and the pHash before the keys come (KEYS_EARLY)
 
 
 class Staged:
@@ -171,11 +172,14 @@ class ImageWorker:
         result: PreparedImage = await self._run(_Task(data, opts, loop.create_future()))
         return result
 
-    async def stage(self, data: bytes, opts: ImageOptions) -> Staged:
+    async def stage(self, data: bytes, opts: ImageOptions, early: EarlyKeys | None = None) -> Staged:
         """The image's cache keys, its worker holding on until ``finish()`` or ``drop()``: one of them
-        must follow (in a ``finally``), else the watchdog drops it after ``verdict_timeout_s``."""
+        must follow (in a ``finally``), else the watchdog drops it after ``verdict_timeout_s``.
+        ``early``, when given, is called on the event loop with the digest and the pHash as soon as
+        the worker knows them, before the signature (its errors are logged, not raised)."""
         loop = self._bind()
-        staged: Staged = await self._run(_Task(data, opts, loop.create_future(), KEYS_FIRST))
+        mode = KEYS_EARLY if early is not None else KEYS_FIRST
+        staged: Staged = await self._run(_Task(data, opts, loop.create_future(), mode, early=early))
         return staged
 
     async def _run(self, task: _Task) -> Any:
@@ -312,28 +316,39 @@ class ImageWorker:
 
     def _readable(self, p: WorkerProcess) -> None:
         try:
-            reply = p.read()
+            replies = p.read()  # none while one is still coming in pieces
         except EOFError:
             self._lost(p)
             return
-        if reply is None:
-            return  # more of it to come
-        if reply[0] == "ready":
-            p.ready = True
-            self._failed_starts = 0
-            self._wake()
-        elif reply[0] == "keys":
-            if not self._keys(p, reply[1]):
-                return  # it holds the pixels until the verdict (or it is gone)
-        else:
-            self._answer(p, reply)
-        self._next(p)
+        for reply in replies:
+            if reply[0] == "early":
+                self._early(p, *reply[1])
+                continue
+            if reply[0] == "ready":
+                p.ready = True
+                self._failed_starts = 0
+                self._wake()
+            elif reply[0] == "keys":
+                if not self._keys(p, reply[1]):
+                    continue  # it holds the pixels until the verdict (or it is gone)
+            else:
+                self._answer(p, reply)
+            self._next(p)
+
+    def _early(self, p: WorkerProcess, digest: str, phash: int) -> None:
+        task = self._running.get(p)
+        if task is None or task.early is None or task.future.done():
+            return  # its caller went away
+        try:
+            task.early(digest, phash)
+        except Exception:  # the caller's; the keys still come
+            log.exception("the early keys' callback failed")
 
     def _keys(self, p: WorkerProcess, keys: ImageKeys) -> bool:
         """A staged task's keys: to its caller, the worker held. True if the worker is free instead."""
         assert self._loop is not None
         task = self._done(p)
-        if task is not None and task.mode == KEYS_FIRST and not task.future.done():
+        if task is not None and task.mode != FULL and not task.future.done():
             self._count("staged")
             self._held[p] = staged = Staged(self, p, keys, self._loop)
             task.future.set_result(staged)

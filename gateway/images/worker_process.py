@@ -10,7 +10,9 @@ and the worker answers each with one frame, ``!Q`` length then a pickled ``Reply
 None)`` once at start, then ``("ok", PreparedImage, None)`` or ``("err", exception, traceback)``.
 
 A task in ``KEYS_FIRST`` mode is answered in two steps: ``("keys", ImageKeys, None)`` once the cache
-keys are known, then the worker, holding the pixels, waits for one verdict byte on the task pipe:
+keys are known (in ``KEYS_EARLY`` mode ``("early", (digest, phash), None)`` comes before them, as soon
+as those two are known, so a lookup can start while the signature is made), then the worker, holding
+the pixels, waits for one verdict byte on the task pipe:
 ``FINISH`` (``+``) makes the JPEG and the thumbnail and answers ``("ok", PreparedImage, None)`` (or
 ``("err", ...)``); ``DROP`` (``-``) forgets the image, and the next task is read. A task that fails
 before its keys answers ``("err", ...)`` and expects no verdict. The pool writes the verdict byte
@@ -40,7 +42,7 @@ from gateway.errors import HuayuError
 from gateway.images.prepare import ImageOptions, StagedImage, prepare_image, stage_image
 
 TASK_HEADER = struct.Struct("!BIQ")
-FULL, KEYS_FIRST = 0, 1  # a task's mode
+FULL, KEYS_FIRST, KEYS_EARLY = 0, 1, 2  # a task's mode
 FINISH, DROP = b"+", b"-"  # the verdict on a task whose keys were sent
 REPLY_HEADER = struct.Struct("!Q")
 # Both pipes grow to this where the kernel allows: a typical upload (~0.2 MB) and every answer then go
@@ -107,26 +109,31 @@ class WorkerProcess:
         _advance(self._unsent, n)
         return not self._unsent
 
-    def read(self) -> Reply | None:
-        """What has arrived of the answer, in one read; the answer once it is whole, else None (the
-        loop calls again while more is there). A worker that is gone, perhaps halfway through an
-        answer, raises ``EOFError``. A worker has one task at a time, so the pipe never holds more
-        than one answer, and a read never takes the start of the next."""
+    def read(self) -> list[Reply]:
+        """What has arrived, in one read: the answers it completes, none while one is still coming in
+        pieces (the loop calls again while more is there). A worker has one task at a time, but a
+        task in ``KEYS_EARLY`` mode answers twice in a row (the early keys, then the keys), so one
+        read may hold both, or one and the start of the other. A worker that is gone, perhaps
+        halfway through an answer, raises ``EOFError``."""
         try:
             chunk = os.read(self.in_fd, PIPE_BYTES)
         except BlockingIOError:
-            return None
+            return []
         except OSError as e:
             raise EOFError from e
         if not chunk:
             raise EOFError
         if not self._inbox and _whole(chunk):
-            return _loads(chunk)  # the usual case: the answer in one read, copied once
+            return [_loads(chunk)]  # the usual case: one answer in one read, copied once
         self._inbox += chunk
-        if not _whole(self._inbox):
-            return None
-        message, self._inbox = self._inbox, bytearray()
-        return _loads(message)
+        replies = []
+        while len(self._inbox) >= REPLY_HEADER.size:
+            end = REPLY_HEADER.size + REPLY_HEADER.unpack_from(self._inbox)[0]
+            if len(self._inbox) < end:
+                break
+            replies.append(_loads(self._inbox[:end]))
+            del self._inbox[:end]
+        return replies
 
     def close(self) -> None:
         self._tasks.close()
@@ -158,9 +165,12 @@ def _serve(tasks: Connection, results: Connection) -> None:
         _reply(out, ("ready", os.getpid(), None))
         while (task := _read_task(reader)) is not None:
             mode, data, opts = task
-            reply = _run(stage_image if mode == KEYS_FIRST else prepare_image, data, opts)
+            if mode == FULL:
+                reply = _run(prepare_image, data, opts)
+            else:
+                reply = _run(stage_image, data, opts, None, _teller(out) if mode == KEYS_EARLY else None)
             del data, task  # the upload's memory goes back before the next one arrives
-            if mode != KEYS_FIRST or reply[0] != "ok":
+            if mode == FULL or reply[0] != "ok":
                 _reply(out, reply)  # the image, or an error (when staged: no verdict comes)
                 continue
             staged: StagedImage = reply[1]
@@ -214,6 +224,15 @@ def _read_task(reader: BinaryIO) -> tuple[int, bytes, ImageOptions] | None:
     if len(data) < n_data:
         return None
     return mode, data, opts
+
+
+def _teller(out: int) -> Callable[[str, int], None]:
+    """stage_image's ``early``: the digest and the pHash to the pool at once, in a frame of their own."""
+
+    def tell(digest: str, phash: int) -> None:
+        _reply(out, ("early", (digest, phash), None))
+
+    return tell
 
 
 def _run(work: Callable[..., Any], *args: Any) -> Reply:

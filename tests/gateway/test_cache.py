@@ -193,6 +193,65 @@ async def test_redis_down_goes_on_uncached(images: dict[str, PreparedImage], met
         await c.aclose()
 
 
+async def test_a_prefetch_is_the_lookups_round_trip(
+    images: dict[str, PreparedImage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    prefix = f"huayu-test:{uuid.uuid4().hex}:"
+    c = RedisCache(REDIS_URL, ttl_s=60, near_distance=10, timeout_s=0.5, prefix=prefix)
+    fetches: list[str] = []
+    fetch = c._fetch
+
+    async def counted(sid: str, digest: str, phash: int) -> Any:
+        fetches.append(digest)
+        return await fetch(sid, digest, phash)
+
+    monkeypatch.setattr(c, "_fetch", counted)
+    try:
+        await c.put("s", images["cat"], {"d": "cat"})
+        await asyncio.wait_for(c.follower.loaded.wait(), 5)
+        copy = images["cat_jpeg70"]
+        early = c.prefetch("s", copy.digest, copy.phash)
+        assert early is not None and c.prefetches
+        hit = await c.get("s", copy, early)
+        assert hit is not None and hit.kind == "near" and fetches == [copy.digest]  # one round trip, started early
+        # a prefetch for other keys is not taken for these
+        other = c.prefetch("s", images["coffee"].digest, images["coffee"].phash)
+        assert other is not None
+        hit = await c.get("s", copy, other)
+        await other.task
+        assert hit is not None and sorted(fetches) == sorted([copy.digest, images["coffee"].digest, copy.digest])
+        # one that is never used is called off, quietly
+        unused = c.prefetch("s", copy.digest, copy.phash)
+        assert unused is not None
+        unused.cancel()
+        await asyncio.sleep(0)
+        assert unused.task.cancelled() or unused.task.done()
+    finally:
+        keys = [k async for k in c.client.scan_iter(match=prefix + "*")]
+        if keys:
+            await c.client.delete(*keys)
+        await c.aclose()
+
+
+async def test_a_failed_prefetch_is_counted_as_the_lookups_failure(
+    images: dict[str, PreparedImage], metrics: CacheMetrics
+) -> None:
+    c = RedisCache(f"redis://127.0.0.1:{_closed_port()}/0", ttl_s=60, near_distance=10, timeout_s=0.05, metrics=metrics)
+    try:
+        async with asyncio.timeout(2):
+            early = c.prefetch("s", images["cat"].digest, images["cat"].phash)
+            assert early is not None
+            assert await c.get("s", images["cat"], early) is None
+            # Redis is then skipped for a while: no prefetch is started, get() counts the skip
+            assert c.prefetch("s", images["cat"].digest, images["cat"].phash) is None
+            assert await c.get("s", images["cat"], None) is None
+        assert _value(metrics, "huayu_cache_backend_errors_total", {"op": "get", "reason": "error"}) == 1
+        assert _value(metrics, "huayu_cache_backend_errors_total", {"op": "get", "reason": "skipped"}) == 1
+        assert _value(metrics, "huayu_cache_misses_total") == 2
+    finally:
+        await c.aclose()
+
+
 @pytest.fixture
 def silent_server() -> Iterator[int]:
     """A TCP peer that accepts connections and never answers: a Redis that hangs."""

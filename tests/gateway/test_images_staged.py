@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,54 @@ def test_a_near_hit_makes_no_jpeg_and_a_miss_sends_and_stores_the_right_one(gate
     assert gateway.predict(copy, style="kids_guide")["cached"] is False
     assert gateway.counts() == {"staged": 3, "finished": 1, "dropped": 2, "full": 1}
     assert _sent_image(sim.requests(1)[0]) == prepare_image(copy, gateway.options).data_url()
+
+
+def test_with_redis_a_near_hits_round_trip_starts_from_the_early_keys(
+    sim_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the worker tells the digest and the pHash before the signature: the cache's one round trip is
+    # under way by the time the keys come, and the lookup takes what it brought
+    from gateway.cache.redis_backend import RedisCache
+
+    calls = {"prefetch": 0, "fetch": 0}
+    prefetch, fetch = RedisCache.prefetch, RedisCache._fetch
+
+    def counted_prefetch(self: RedisCache, *args: Any) -> Any:
+        calls["prefetch"] += 1
+        return prefetch(self, *args)
+
+    async def counted_fetch(self: RedisCache, *args: Any) -> Any:
+        calls["fetch"] += 1
+        return await fetch(self, *args)
+
+    monkeypatch.setattr(RedisCache, "prefetch", counted_prefetch)
+    monkeypatch.setattr(RedisCache, "_fetch", counted_fetch)
+    prefix = f"huayu-test:{uuid.uuid4().hex}:"
+    settings = gateway_settings(sim_url, tmp_path, cache_backend="redis", redis_cache_prefix=prefix)
+    app = create_app(settings)
+    try:
+        with serve(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+            gateway = Gateway(client, settings, app.state.services.images)
+            assert gateway.predict(ORIGINAL, style="curator")["cached"] is False
+            assert calls == {"prefetch": 1, "fetch": 1}  # the miss looked up early too
+            copy = encode(ART, "JPEG", quality=70)
+            deadline = time.monotonic() + 10
+            while (near := gateway.predict(copy, style="curator"))["cached"] is False:  # the put and the record land
+                assert time.monotonic() < deadline, "the near entry never became visible"
+                time.sleep(0.1)
+                copy = encode(ART, "JPEG", quality=70 + int(time.monotonic() * 10) % 20)  # not the memo's
+            assert near["cache"]["kind"] == "near"
+            assert calls["prefetch"] == calls["fetch"]  # every lookup's one round trip was the early one
+            assert gateway.predict(ORIGINAL, style="curator")["cache"]["kind"] == "exact"  # from the memo's keys
+            assert calls["fetch"] == calls["prefetch"] + 1  # no worker, so no early keys: fetched then
+    finally:
+        import redis
+
+        r = redis.Redis.from_url(settings.redis_url)
+        keys = list(r.scan_iter(match=prefix + "*"))
+        if keys:
+            r.delete(*keys)
+        r.close()
 
 
 def test_a_request_that_skips_the_cache_is_prepared_in_one_go(gateway: Gateway, sim: Sim) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -302,6 +303,55 @@ async def test_staged_keys_and_finish_equal_a_direct_call(big_png: bytes) -> Non
         assert await worker.prepare(small(1), OPTS) == prepare_image(small(1), OPTS)
     finally:
         worker.close()
+
+
+async def test_early_keys_come_before_the_keys_and_equal_them(big_png: bytes, caplog: pytest.LogCaptureFixture) -> None:
+    worker = ImageWorker(workers=1)
+    try:
+        await worker.warm()
+        for data in (small(), jpeg(1024, 768, seed=3, quality=80), big_png):
+            told: list[tuple[str, int]] = []
+            staged = await worker.stage(data, OPTS, early=lambda d, h, told=told: told.append((d, h)))
+            # the early frame arrived (often in the same read as the keys) and was heard first
+            assert told == [(staged.keys.digest, staged.keys.phash)]
+            assert await staged.finish() == prepare_image(data, OPTS)
+
+        # a callback that fails is the caller's: logged, and the keys still come
+        def broken(digest: str, phash: int) -> None:
+            raise ValueError("the caller's bug")
+
+        staged = await worker.stage(small(2), OPTS, early=broken)
+        assert staged.keys == stage_image(small(2), OPTS).keys
+        staged.drop()
+        assert "the early keys' callback failed" in caplog.text
+        assert worker.counts == {"staged": 4, "finished": 3, "dropped": 1}
+    finally:
+        worker.close()
+
+
+def test_a_read_holding_two_answers_or_a_part_gives_each_whole() -> None:
+    from gateway.images.worker_process import REPLY_HEADER, WorkerProcess
+
+    def frame(reply: tuple[object, ...]) -> bytes:
+        body = pickle.dumps(reply)
+        return REPLY_HEADER.pack(len(body)) + body
+
+    p = WorkerProcess.__new__(WorkerProcess)  # only its reading half, on a pipe of our own
+    r, w = os.pipe()
+    p.in_fd, p._inbox = r, bytearray()
+    try:
+        early, keys = frame(("early", ("ab" * 16, 7), None)), frame(("keys", "K", None))
+        os.write(w, early + keys[:5])
+        assert p.read() == [("early", ("ab" * 16, 7), None)]
+        os.write(w, keys[5:] + early)
+        assert p.read() == [("keys", "K", None), ("early", ("ab" * 16, 7), None)]
+        os.write(w, keys[:2])
+        assert p.read() == []  # not even the header yet
+        os.write(w, keys[2:])
+        assert p.read() == [("keys", "K", None)]
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 async def test_drop_frees_the_worker_at_once() -> None:
