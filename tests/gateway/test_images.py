@@ -320,6 +320,26 @@ def test_small_jpegs_are_keyed_from_a_decode_at_the_proxys_scale(photo: np.ndarr
         assert same_artwork(keys["small"].signature, keys[other].signature)
 
 
+@pytest.mark.parametrize("case", ["turned by EXIF", "grayscale"])
+def test_keys_from_the_proxys_scale_match_the_full_decodes(photo: np.ndarray, case: str) -> None:
+    # the quarter-scale path turns and converts the small view as the full path does the model image
+    rgb = cv2.resize(photo, (900, 600), interpolation=cv2.INTER_AREA)
+    if case == "grayscale":
+        gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        data, twin = encode(gray, "JPEG", quality=90), encode(gray, "PNG")
+    else:
+        exif = Image.Exif()
+        exif[0x0112] = 6  # stored turned a quarter to the left, shown upright
+        data = encode(np.ascontiguousarray(np.rot90(rgb)), "JPEG", quality=90, exif=exif.tobytes())
+        twin = encode(rgb, "PNG")
+    steps: dict[str, float] = {}
+    keys = stage_image(data, OPTS, steps).keys
+    assert "resize" not in steps  # the model image was not made
+    want = prepare_image(twin, OPTS)
+    assert (keys.width, keys.height) == (want.width, want.height) == (896, 576)
+    assert hamming(keys.phash, want.phash) <= 2 and same_artwork(keys.signature, want.signature)
+
+
 def test_the_border_shortcut_finds_what_the_full_search_finds(
     photo: np.ndarray, monkeypatch: pytest.MonkeyPatch
 ) -> None:
