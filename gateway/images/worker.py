@@ -10,10 +10,12 @@ worker, or waits in a FIFO until one is free, so a burst never puts two images o
 worker's side and the frames are in ``worker_process.py``.
 
 ``stage()`` is the two-phase way, for the description cache: the worker answers with the cache keys
-(a ``Staged``) and keeps the pixels; the JPEG and the thumbnail, ~2 ms of a copy's ~6, are made only
-if the caller then asks (``Staged.finish()``, a miss). ``Staged.drop()`` (a hit) frees the worker at
-once. The worker stays busy between the two; a caller that went away meanwhile, or a ``Staged`` that
-is never finished nor dropped (a watchdog, ``verdict_timeout_s``), is dropped by the pool itself.
+(a ``Staged``) and keeps the upload (a small JPEG was decoded only at the fingerprint's scale) or the
+model image's pixels; the model image, its JPEG and the thumbnail are made only if the caller then
+asks (``Staged.finish()``, a miss). ``Staged.drop()`` (a hit) frees the worker at once. With an
+``early`` callback the worker tells the digest and the pHash before the signature (``KEYS_EARLY``).
+The worker stays busy between the two; a caller that went away meanwhile, or a ``Staged`` that is
+never finished nor dropped (a watchdog, ``verdict_timeout_s``), is dropped by the pool itself.
 
 The pool binds to the event loop that first uses it (the app's); its processes start then, not in
 ``__init__``. A test that makes one per test, each in its own loop, gets one pool per loop.
