@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +159,7 @@ def measure(tmp: Path, paths: list[Path_], body: dict[str, bytes], rounds: int, 
 
 
 def slo_rate(
-    tmp: Path, url: str, headers: dict[str, str], body: bytes, rates: list[float], seconds: float
+    tmp: Path, url: str, headers: dict[str, str], body: bytes, rates: Sequence[float], seconds: float
 ) -> tuple[float, list[str]]:
     """The highest open-loop rate whose streams keep TTFT p95 < 500 ms and errors < 0.1%."""
     best, notes = 0.0, []

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import io
 import json
@@ -507,7 +508,7 @@ def vision_section(run: Run, model: Any, processor: Any) -> dict[str, Any]:
             if n > 1:
                 pixels, grid = torch.cat([pixels] * n), grid.repeat(n, 1)
             tokens = int(grid.prod(-1).sum()) // 4
-            r = run.bench(lambda pixels=pixels, grid=grid: visual(pixels, grid_thw=grid))
+            r = run.bench(functools.partial(visual, pixels, grid_thw=grid))
             r.update(
                 images=n,
                 image_px=f"{size[0]}x{size[1]}",
@@ -612,7 +613,7 @@ def decode_section(run: Run, model: Any) -> dict[str, Any]:
             cache = pre.past_key_values
             nxt = pre.logits[:, -1:].argmax(-1)
             del pre, ids
-            r = run.bench(lambda cache=cache, nxt=nxt: decode_step(model, cache, nxt), warmup=3, repeats=20)
+            r = run.bench(functools.partial(decode_step, model, cache, nxt), warmup=3, repeats=20)
             r.update(batch=b, tokens_per_s=round(b * 1e3 / r["median_ms"], 1), cache_after=cache.get_seq_length())
             out[f"batch_{b}"] = r
             say(f"   decode batch {b}, {context}-token cache: {r['median_ms']:.2f} ms/step ({r['tokens_per_s']} tok/s)")
@@ -967,10 +968,11 @@ def main(argv: list[str] | None = None) -> int:
         def finetune(edge: int) -> dict[str, Any]:
             if "trainer" not in state:
                 state["trainer"] = Trainer(run, model, processor)
-            return state["trainer"].measure(edge)
+            trainer: Trainer = state["trainer"]
+            return trainer.measure(edge)
 
         for edge in sizes.train_edges if "finetune" in only else ():
-            run.section(f"finetune_{edge}", lambda edge=edge: finetune(edge), 60)
+            run.section(f"finetune_{edge}", functools.partial(finetune, edge), 60)
     run.results["finished"] = True
     run.save()
     tmp.cleanup()
