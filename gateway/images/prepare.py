@@ -207,11 +207,9 @@ def stage_image(
     if view is None:
         model = _model_pixels(data, header, opts, lap)
         view, aspect = model.rgb, model.aspect
-    else:
-        aspect = header.aspect
-    if model is not None:
         h, w = model.rgb.shape[:2]
     else:
+        aspect = header.aspect
         w, h = header.target[::-1] if header.turned else header.target
     digest = ""
 
@@ -248,10 +246,15 @@ def _read_header(data: bytes, opts: ImageOptions) -> _Header:
     if min(w, h) < 32:
         raise Unprocessable(f"image is {w}x{h} pixels; each side must be at least 32 pixels")
     orientation = exif_orientation(im)
-    turned = orientation in (5, 6, 7, 8)
-    tw, th = target_size(*((h, w) if turned else (w, h)), opts.max_edge)
-    target = (th, tw) if turned else (tw, th)
+    target = _raw_target(w, h, orientation in (5, 6, 7, 8), opts.max_edge)
     return _Header(im, w, h, orientation, im.info.get("icc_profile"), target)
+
+
+def _raw_target(w: int, h: int, turned: bool, max_edge: int) -> tuple[int, int]:
+    """The model image's size for a source of ``w`` x ``h`` as the file lies: ``target_size`` of it
+    as shown (turned by EXIF), turned back."""
+    tw, th = target_size(*((h, w) if turned else (w, h)), max_edge)
+    return (th, tw) if turned else (tw, th)
 
 
 def _proxy_source(data: bytes, header: _Header, opts: ImageOptions) -> np.ndarray | None:
@@ -298,8 +301,7 @@ def _model_pixels(data: bytes, header: _Header, opts: ImageOptions, lap: _Laps) 
             arr = arr[y0:y1, x0:x1]
             cw, ch = max(32, round((x1 - x0) * sx)), max(32, round((y1 - y0) * sy))
             aspect = cw / ch
-            tw, th = target_size(*((ch, cw) if header.turned else (cw, ch)), opts.max_edge)
-            raw_target = (th, tw) if header.turned else (tw, th)
+            raw_target = _raw_target(cw, ch, header.turned, opts.max_edge)
     arr = resize(arr, raw_target)
     lap("resize")
     rgb = orient(to_srgb(arr, mode, header.icc), orientation)
