@@ -95,6 +95,7 @@ def _lut_str() -> list[str | None]:
 def warm_up() -> None:
     """Build the tables now (about 0.3 s) rather than on the first text."""
     _lut_str()
+    _table()
 
 
 class Normalized:
@@ -136,9 +137,9 @@ class Normalized:
         if self._src is None:
             if self._mapped is not None:
                 self._src = np.flatnonzero(self._mapped != _DROPPED).tolist()
-            else:
-                keep = _ascii_keep()
-                self._src = [i for i, ch in enumerate(self._raw) if keep[ord(ch)]]
+            else:  # every character of ``_raw`` gave one or none
+                table = _table()
+                self._src = [i for i, ch in enumerate(self._raw) if table[ord(ch)]]
         return self._src
 
     def char_index(self, byte_offset: int) -> int:
@@ -154,11 +155,13 @@ def _ascii_table() -> dict[int, str | None]:
 
 
 @cache
-def _ascii_keep() -> list[bool]:
-    return [bool(_norm_char_uncached(chr(i))) for i in range(128)]
+def _table() -> list[str]:
+    """The same table for ``str.translate``: the character's one form, "" where it is dropped, and
+    U+FFFF (never a form: it is dropped itself) where it has several or is half of a pair."""
+    return ["\uffff" if v == _COMPLEX else "" if v == _DROPPED else chr(v) for v in _lut().tolist()]
 
 
-_SHORT = 128  # below this many characters a plain loop beats numpy's cost per call
+_SHORT = 128  # below this many characters str.translate beats numpy's cost per call
 
 
 def normalize(text: str) -> Normalized:
@@ -166,6 +169,13 @@ def normalize(text: str) -> Normalized:
         out = text.translate(_ascii_table())
         return Normalized(out.encode("utf-16-le"), out, raw=text)
     if len(text) < _SHORT:
+        # a character past the BMP is past the table's end: translate leaves it as it is, and then
+        # the UTF-16 is longer than two bytes a character; it, and any "several", take the loop
+        out = text.translate(_table())
+        if "\uffff" not in out:
+            data = out.encode("utf-16-le")
+            if len(data) == 2 * len(out):
+                return Normalized(data, out, raw=text)
         return _normalize_loop(text)
     # a few vectorized steps instead of a Python loop: about 20 us for 1,000 characters
     mapped = _lut().take(np.frombuffer(text.encode("utf-16-le", "surrogatepass"), dtype=np.uint16))

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.config import Settings
 from gateway.safety import MASK, PROMPT_LEAK_REASON, SafetyFilter, WordListError, load_wordlists, normalize
+from gateway.safety.normalize import _normalize_loop
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +236,20 @@ def _shared() -> SafetyFilter:
 def test_odd_input_is_handled(safety: SafetyFilter, text: str) -> None:
     v = safety.check(text, "en")
     assert v.action == "mask" and len(v.text) == len(text)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from(_TRICKY + list("\ud800\U0001d400ǅ㎏ß")), max_size=300)
+    | st.text(max_size=200)
+    | st.text(alphabet=st.characters(max_codepoint=0xFFFF), max_size=200)
+)
+def test_every_fast_path_gives_the_loops_form_and_map(x: str) -> None:
+    """normalize() picks a table path by the text (ASCII, short, long); each must give exactly what
+    the character-by-character loop gives: the same form, the same bytes, the same map back."""
+    fast, loop = normalize(x), _normalize_loop(x)
+    assert fast.text == loop.text
+    assert fast.data == loop.data
+    assert fast.src == loop.src
+    if len(loop.data) == 2 * len(loop.text):  # no pairs: a code unit is a character
+        assert [fast.char_index(2 * i) for i in range(len(loop.text))] == list(range(len(loop.text)))
