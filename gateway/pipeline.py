@@ -371,17 +371,28 @@ class Describer:
             finish_reason=finish,
             safety=verdict.public(),
         )
-        if self.safety_metrics is not None:
-            self.safety_metrics.observe_verdict(verdict)
-        self.metrics.generated_tokens.labels(style.name).inc(usage.get("completion_tokens", 0))
-        self.metrics.prompt_tokens.labels(style.name).inc(usage.get("prompt_tokens", 0))
-        # an empty answer is no description: not cached, so asking again can give one
-        if text.strip() and not verdict.withheld and finish != "content_filter" and self._cacheable(prep.job):
-            assert self.cache is not None
-            asyncio.get_running_loop().create_task(self.cache.put(prep.scope, prep.keys, self._cache_value(result)))
-        if self.store is not None:
-            self.store.record(self._record(prep, result))
+        # the bookkeeping waits for the answer to leave: the caller's response is written in this same
+        # step of the event loop (nothing between here and the transport awaits), the rest right after
+        asyncio.get_running_loop().call_soon(self._after, prep, result, verdict)
         return result
+
+    def _after(self, prep: _Prepared, result: Result, verdict: Verdict) -> None:
+        """A fresh answer's metrics, cache entry and store record, once the answer is on its way."""
+        try:
+            style = result.style
+            usage = result.usage
+            if self.safety_metrics is not None:
+                self.safety_metrics.observe_verdict(verdict)
+            self.metrics.generated_tokens.labels(style).inc(usage.get("completion_tokens", 0))
+            self.metrics.prompt_tokens.labels(style).inc(usage.get("prompt_tokens", 0))
+            # an empty answer is no description: not cached, so asking again can give one
+            fit = result.description.strip() and not verdict.withheld and result.finish_reason != "content_filter"
+            if fit and self._cacheable(prep.job):
+                assert self.cache is not None
+                asyncio.get_running_loop().create_task(self.cache.put(prep.scope, prep.keys, self._cache_value(result)))
+        finally:  # the record above all: whatever failed before, the text reaches the store
+            if self.store is not None:
+                self.store.record(self._record(prep, result))
 
     @staticmethod
     def _cache_value(result: Result) -> dict[str, Any]:
