@@ -162,6 +162,23 @@ def test_a_request_that_skips_the_cache_is_prepared_in_one_go(gateway: Gateway, 
     assert _sent_image(sim.requests(1)[0]) == prepare_image(image, gateway.options).data_url()
 
 
+def test_the_memo_tells_apart_uploads_of_one_length_that_differ_between_its_key_characters(gateway: Gateway) -> None:
+    # two uploads of the same length that differ only inside a JPEG comment, between the few characters
+    # a small upload's memo key is made of: the second must go to a worker, not take the first's entry
+    first = encode(painting(640, 480, seed=80), "JPEG", quality=85, comment=b"a" * 600)
+    at = first.index(b"a" * 600) + 300
+    second = first[:at] + b"b" + first[at + 1 :]
+    assert len(second) == len(first) and b64(second)[:4] == b64(first)[:4] and b64(second) != b64(first)
+    assert gateway.predict(first, cache=False)["cached"] is False
+    assert gateway.counts() == {"full": 1}
+    gateway.predict(first, cache=False)
+    assert gateway.counts() == {"full": 1}  # the same upload again: from the memo
+    gateway.predict(second, cache=False)
+    assert gateway.counts() == {"full": 2}
+    gateway.predict(second, cache=False)
+    assert gateway.counts() == {"full": 2}
+
+
 def test_joined_flights_and_failures_leave_no_worker_held(gateway: Gateway, sim: Sim) -> None:
     # identical uploads at once: one is finished and goes upstream, the others drop theirs and join it
     sim.configure(ttft_ms=300)
