@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 
 from gateway.cache import DescriptionCache
 from gateway.catalog import ModelCatalog
 from gateway.config import Settings
-from gateway.images import ImageWorker
+from gateway.images import ImageOptions, ImageWorker
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Describer
 from gateway.safety import GuardClient, SafetyFilter
@@ -31,6 +31,11 @@ class Services:
     safety: SafetyFilter | None
     guard: GuardClient | None
     store: ResultStore | None
+    # the settings' image options, made once: a request that sets neither option uses these
+    image_options: ImageOptions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.image_options = ImageOptions.from_settings(self.settings)
 
 
 async def services(request: Request) -> Services:

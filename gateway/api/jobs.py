@@ -46,6 +46,9 @@ def make_job(
             param="max_tokens",
             code="max_tokens_too_large",
         )
+    options = svc.image_options
+    if crop_borders is not None or correct_glare is not None:
+        options = ImageOptions.from_settings(settings, crop_borders=crop_borders, correct_glare=correct_glare)
     return Job(
         image=image,
         style=chosen,
@@ -54,7 +57,7 @@ def make_job(
         metadata=metadata,
         request=request,
         use_cache=use_cache,
-        options=ImageOptions.from_settings(settings, crop_borders=crop_borders, correct_glare=correct_glare),
+        options=options,
         priority=priority,
         tenant=tenant,
         source=source,

@@ -82,6 +82,7 @@ class ImageMemo:
         self.worker = worker
         self.entries = entries
         self._memo: OrderedDict[bytes, Entry] = OrderedDict()
+        self._prefixes: dict[ImageOptions, bytes] = {}  # each options' part of a key
 
     async def stage(self, source: bytes | str, options: ImageOptions, early: EarlyKeys | None = None) -> StagedUpload:
         """The upload's cache keys, from the memo or from a worker that holds on to the pixels until
@@ -139,7 +140,12 @@ class ImageMemo:
         n = len(source)  # characters of base64 text are its bytes, whatever their kind
         if n > MEMO_MAX_BYTES:
             return None
-        h = blake3(repr(options).encode())
+        prefix = self._prefixes.get(options)
+        if prefix is None:
+            if len(self._prefixes) >= 64:
+                self._prefixes.clear()
+            prefix = self._prefixes[options] = repr(options).encode()
+        h = blake3(prefix)
         h.update(b"b64:" if isinstance(source, str) else b"raw:")
         if n <= MEMO_KEEP_BYTES:  # kept and compared: the key need only spread them
             h.update(b"kept:%d:" % n)
