@@ -102,10 +102,11 @@ def start_litellm(upstream: str, tmp: Path) -> Service:
     return service
 
 
-def start_passthrough(upstream: str, tmp: Path) -> Service:
+def start_passthrough(upstream: str, tmp: Path, client: str = "aiohttp") -> Service:
     port = free_port()
-    cmd = [sys.executable, "-m", "bench.passthrough", "--port", str(port), "--upstream", upstream]
-    service = Service("the pass-through", cmd, f"http://127.0.0.1:{port}", {}, log=tmp / "passthrough.log")
+    cmd = [sys.executable, "-m", "bench.passthrough", "--port", str(port), "--upstream", upstream, "--client", client]
+    log = tmp / f"passthrough-{client}.log"
+    service = Service(f"the pass-through ({client})", cmd, f"http://127.0.0.1:{port}", {}, log=log)
     service.wait_ready("/health")
     return service
 
@@ -288,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
             started.append(no_store)
             floor = start_passthrough(sim.base_url, tmp)
             started.append(floor)
+            own_floor = start_passthrough(sim.base_url, tmp, client="huayu")
+            started.append(own_floor)
             chat = "/v1/chat/completions"
             body |= upstream_bodies(sim.url, shipped.url + chat, body)
             paths: list[Path_] = [
@@ -296,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
                 ("huayu as shipped (safety, store)", shipped.url + chat, {}, "huayu_"),
                 ("huayu, store off", no_store.url + chat, {}, "huayu_"),
                 ("bare Python pass-through (the floor)", floor.url + chat, {}, ""),
+                ("bare pass-through on huayu's HTTP client (its stack's floor)", own_floor.url + chat, {}, ""),
             ]
             if lite is not None:
                 paths.append(("LiteLLM 1.110.2 proxy", lite.url + chat, {"authorization": f"Bearer {MASTER_KEY}"}, ""))
@@ -324,9 +328,10 @@ def main(argv: list[str] | None = None) -> None:
         "simulator time that is not the gateway's), for the others the caller's plain request. "
         "The highest rate: open loop, "
         "streams, TTFT p95 < 500 ms and errors < 0.1%, rates doubling from 10 req/s. "
-        "Targets: added ≤ 0.5 ms p50 and ≤ 3 ms p99, and below LiteLLM's. The bare pass-through "
-        "(`bench/passthrough.py`: uvicorn and aiohttp forwarding the bytes, no work) is the floor any Python "
-        "proxy pays here. "
+        "Targets: added ≤ 0.5 ms p50 and ≤ 3 ms p99, and below LiteLLM's. The bare pass-throughs "
+        "(`bench/passthrough.py`: uvicorn forwarding the bytes, no work) are the floors: with aiohttp, what a "
+        "plain Python proxy pays here; with huayu's own HTTP client (`gateway/http1.py`), the floor of huayu's "
+        "stack (uvicorn and that client), so huayu's own work per request is its figure minus that one. "
         f"Load average at the end (1, 5, 15 min): {load}; other work on the machine widens the ranges.\n\n" + table
     )
     if lite_note:

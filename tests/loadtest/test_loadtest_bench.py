@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
@@ -138,3 +139,20 @@ def test_huayu_bench_runs_from_any_folder(tmp_path: Path) -> None:
     done = subprocess.run([str(exe), "bench", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--only" in done.stdout
+
+
+@pytest.mark.parametrize("client", ["aiohttp", "huayu"])
+def test_the_bare_pass_throughs_forward_answers_and_streams_unchanged(client: str) -> None:
+    from bench.passthrough import Passthrough
+    from tests.servers import serve
+
+    body = {"model": "qwen-vl", "messages": [{"role": "user", "content": "Describe it."}], "max_tokens": 5}
+    with run_in_thread(SimConfig(tokens=5)) as sim, serve(Passthrough(sim.base_url, client)) as url:
+        straight = httpx.post(sim.base_url + "/chat/completions", json=body, timeout=10).json()
+        passed = httpx.post(url + "/v1/chat/completions", json=body, timeout=10)
+        assert passed.status_code == 200 and passed.headers["content-type"].startswith("application/json")
+        assert passed.json()["choices"] == straight["choices"]
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body | {"stream": True}, timeout=10) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            events = [line for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "data: [DONE]" and len(events) >= 6  # the role, five tokens, the end
