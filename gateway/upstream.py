@@ -92,7 +92,7 @@ class Upstream:
     async def aclose(self) -> None:
         await self.client.aclose()
 
-    async def _send(self, path: str, body: dict[str, Any]) -> http1.Response:
+    async def _send(self, path: str, body: dict[str, Any], read_timeout: float | None = None) -> http1.Response:
         """The response with its headers read and its body not yet. Failures before the first byte
         (no connection, 502/503) are retried with jittered backoff; nothing after it ever is."""
         content = orjson.dumps(body)
@@ -100,7 +100,7 @@ class Upstream:
         while True:
             self.breaker.before()
             try:
-                response = await self._attempt(path, content)
+                response = await self._attempt(path, content, read_timeout)
             except asyncio.CancelledError:
                 self.breaker.release()
                 raise
@@ -130,9 +130,11 @@ class Upstream:
             delay = min(2.0, self.settings.upstream_retry_backoff_s * 2 ** (attempt - 1))
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # jitter: many callers' retries spread out
 
-    async def _attempt(self, path: str, content: bytes) -> http1.Response:
+    async def _attempt(self, path: str, content: bytes, read_timeout: float | None) -> http1.Response:
         try:
-            return await self.client.request("POST", path, content)
+            if read_timeout is None:  # the client's own (the first-byte bound)
+                return await self.client.request("POST", path, content)
+            return await self.client.request("POST", path, content, read_timeout=read_timeout)
         except http1.ConnectTimeout as e:
             err = UpstreamUnavailable(f"Could not connect to the model server in time ({e!r}).")
             raise _Retryable(err, "connect") from e
@@ -168,15 +170,14 @@ class Upstream:
 
     async def stream(self, body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Yields the parsed SSE chunks. Raises before the first chunk, or mid-stream as UpstreamError."""
-        response = await self._send(self._chat, body)
         gap = self.settings.read_timeout_s
+        # the client's timeout bounds each wait for more bytes, never the yield: the consumer's time
+        # is not the server's silence (and costs nothing when a line is already there)
+        response = await self._send(self._chat, body, read_timeout=gap)
         finished = False
         try:
             while True:
-                # a timeout per read, never around the yield: the consumer's time is not the
-                # server's silence, and the stream may be resumed from another task
-                async with asyncio.timeout(gap):
-                    line = await response.readline()
+                line = await response.readline()
                 if not line:
                     break
                 if not line.startswith(b"data:"):

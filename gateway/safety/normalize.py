@@ -142,6 +142,20 @@ class Normalized:
                 self._src = [i for i, ch in enumerate(self._raw) if table[ord(ch)]]
         return self._src
 
+    def src_at(self, i: int) -> int:
+        """``src[i]``, for ``0 <= i < len(self)``. On the table path it is found by counting kept
+        characters back from the end, without the whole map: a stream's filter asks only for the
+        position a window short of the end, after every chunk."""
+        if self._src is None and self._mapped is None and self._raw:
+            table, raw = _table(), self._raw
+            k, j = len(self) - i, len(raw)  # the k-th character kept, counted from the end
+            while k:
+                j -= 1
+                if table[ord(raw[j])]:
+                    k -= 1
+            return j
+        return self.src[i]
+
     def char_index(self, byte_offset: int) -> int:
         """The index in ``text`` of the character at ``byte_offset`` in ``data``."""
         if self._raw or self._mapped is not None:  # the table paths have no surrogate pairs

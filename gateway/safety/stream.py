@@ -69,7 +69,7 @@ class StreamFilter:
         if final:
             cut = len(raw)
         elif n > window:
-            cut = norm.src[n - window]
+            cut = norm.src_at(n - window)
         else:
             return ""
         if cut <= self._released and not final:
@@ -92,7 +92,7 @@ class StreamFilter:
         self._parts.append(out)
         self._released = cut
         if not final and n > 2 * window:
-            keep = norm.src[n - 2 * window]
+            keep = norm.src_at(n - 2 * window)
             self._raw = raw[keep:]
             self._released -= keep
         return out
