@@ -9,10 +9,11 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from gateway.api.body import json_body, read_json
 from gateway.api.jobs import charge_usage, image_source, make_job
+from gateway.api.sse import EventStream
 from gateway.deps import Services, services
 from gateway.errors import HuayuError, InvalidRequest
 from gateway.job import Delta, EncodedImage, Result
@@ -70,9 +71,8 @@ async def chat_completions(request: Request) -> Response:
     events = svc.describer.stream(job)
     first = await events.__anext__()  # errors before the first event still get their HTTP status
     include_usage = bool((body.stream_options or {}).get("include_usage"))
-    return StreamingResponse(
+    return EventStream(
         _sse(first, events, body.model, include_usage, request),
-        media_type="text/event-stream",
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.breaker import CircuitBreaker, FaultMetrics
 from gateway.errors import UpstreamUnavailable
@@ -163,3 +164,34 @@ def test_breaker_lets_one_probe_through_when_half_open() -> None:
     breaker.success()
     assert breaker.state == "closed"
     breaker.before()
+
+
+def _sim_metric(sim: Sim, name: str) -> float:
+    for family in text_string_to_metric_families(sim.client.get("/metrics").text):
+        for s in family.samples:
+            if s.name + "".join(f"[{v}]" for k, v in s.labels.items() if k == "finished_reason") == name:
+                return float(s.value)
+    return 0.0
+
+
+def test_a_caller_leaving_mid_stream_ends_the_generation_upstream(gateway: GatewayFactory, sim: Sim) -> None:
+    """The stream's response watches for the caller's disconnect (uvicorn speaks ASGI 2.3): the model
+    server's stream is closed at once, and the gateway is ready for the next request."""
+    with gateway(safety_enabled=False) as client:
+        sim.configure(itl_ms=50, tokens=400)
+        before = _sim_metric(sim, "vllm:request_success_total[abort]")
+        body = {"model": "qwen-vl", "messages": chat_messages(5), "stream": True, "max_tokens": 400}
+        with client.stream("POST", "/v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            assert next(line for line in lines if '"content":"' in line and '"content":""' not in line)
+        # the caller is gone after a token or two of 400 (20 s of them): the generation is aborted
+        deadline = time.monotonic() + 5
+        while _sim_metric(sim, "vllm:request_success_total[abort]") <= before:
+            assert time.monotonic() < deadline, "the model server kept generating for a caller that left"
+            time.sleep(0.05)
+        assert _sim_metric(sim, "vllm:num_requests_running") == 0
+        sim.configure(itl_ms=0, tokens=4)
+        after = client.post("/v1/chat/completions", json={"model": "qwen-vl", "messages": chat_messages(6)})
+        assert after.status_code == 200
+        assert "huayu_requests_in_flight 0.0" in client.get("/metrics").text
