@@ -22,8 +22,8 @@ from gateway.images.payload import decode_image_payload
 from gateway.images.prepare import EarlyKeys, ImageKeys, ImageOptions, PreparedImage
 from gateway.images.worker import ImageWorker, Staged
 
-# uploads up to this size (as sent: base64 text counts) are hashed on the event loop for the memo
-# (BLAKE3: about 0.6 ms per 4 MB)
+# uploads up to this size (as sent: base64 text counts) are memoized; those above MEMO_KEEP_BYTES are
+# known by a BLAKE3 hash made on the event loop (about 0.6 ms per 4 MB)
 MEMO_MAX_BYTES = 6 * 1024 * 1024
 # uploads up to this size are kept in their entry and compared instead (at most 64 MB for 256 entries)
 MEMO_KEEP_BYTES = 256 * 1024
@@ -154,12 +154,9 @@ class ImageMemo:
         h.update(source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source)
         return h.digest(16)
 
-    @staticmethod
-    def _comparable(source: Upload) -> Upload | None:
-        return source if len(source) <= MEMO_KEEP_BYTES else None
-
     def _keep(self, key: bytes, source: Upload, keys: ImageKeys, url: str | None) -> None:
-        self._memo[key] = (keys, url, self._comparable(source))
+        kept = source if len(source) <= MEMO_KEEP_BYTES else None  # as _key decided: compared, or hashed
+        self._memo[key] = (keys, url, kept)
         self._memo.move_to_end(key)
         while len(self._memo) > self.entries:
             self._memo.popitem(last=False)
