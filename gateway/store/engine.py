@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 import orjson
@@ -67,10 +68,15 @@ def _json_dumps(value: object) -> str:
 _JSON = {"json_serializer": _json_dumps, "json_deserializer": orjson.loads}
 
 
+def in_memory(url: URL) -> bool:
+    """An SQLite database that lives in one connection's memory."""
+    return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
+
+
 def make_engine(url: URL, *, connect_timeout_s: float) -> AsyncEngine:
     backend = url.get_backend_name()
     if backend == "sqlite":
-        memory = url.database in (None, "", ":memory:")
+        memory = in_memory(url)
         if not memory:
             Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
@@ -109,6 +115,7 @@ def is_outage(e: BaseException) -> bool:
     return isinstance(
         e,
         sa_exc.OperationalError
+        | sqlite3.OperationalError  # the SQLite writer's own connection (sqlite_batch.py): locked, I/O
         | sa_exc.InterfaceError
         | sa_exc.DisconnectionError
         | sa_exc.TimeoutError

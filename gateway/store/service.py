@@ -16,10 +16,11 @@ from gateway.errors import HuayuError, ServiceUnavailable, Unprocessable
 
 from . import export as ex
 from . import queries as q
-from .engine import is_outage, make_engine, normalize_url, upgrade
+from .engine import in_memory, is_outage, make_engine, normalize_url, upgrade
 from .metrics import StoreMetrics
 from .queries import DescriptionFilter
 from .record import DescriptionRecord, record_problem
+from .sqlite_batch import SqliteBatches
 from .writer import Writer
 
 ALL = DescriptionFilter()  # every description (of every tenant)
@@ -81,6 +82,9 @@ class ResultStore:
             if not is_outage(e):
                 raise
             log.warning("results store unreachable at start-up (%s); will keep retrying", e)
+        sqlite = None
+        if self.url.get_backend_name() == "sqlite" and not in_memory(self.url):
+            sqlite = SqliteBatches(str(self.url.database), busy_timeout_s=self._connect_timeout_s * 3)
         self._writer = Writer(
             self._engine,
             self.metrics,
@@ -88,6 +92,7 @@ class ResultStore:
             queue_size=self._queue_size,
             min_backoff_s=self._backoff[0],
             max_backoff_s=self._backoff[1],
+            sqlite=sqlite,
         )
         for rec in self._early:
             self._enqueue(rec)
@@ -111,6 +116,8 @@ class ResultStore:
             if left:
                 self.metrics.dropped.labels("shutdown").inc(left)
                 log.error("results store closed with %d descriptions not written (database unreachable)", left)
+            if w.sqlite is not None:
+                w.sqlite.close()
         if self._engine is not None:
             await self._engine.dispose()
 

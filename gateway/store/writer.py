@@ -24,6 +24,7 @@ from sqlalchemy.sql.dml import Insert
 from .engine import is_outage
 from .metrics import StoreMetrics
 from .record import DescriptionRecord, artwork_id, utcnow
+from .sqlite_batch import SqliteBatches
 from .tables import artworks, descriptions
 from .types import Blob
 
@@ -52,6 +53,8 @@ class Writer:
     linger_s: float = 0.05
     min_backoff_s: float = 0.2
     max_backoff_s: float = 30.0
+    # an SQLite file's batches go through sqlite_batch.py, the others through the engine
+    sqlite: SqliteBatches | None = None
     queue: asyncio.Queue[DescriptionRecord] = field(init=False)
     held: list[_Held] = field(init=False, default_factory=list)
     closing: bool = field(init=False, default=False)  # write what is left, then return
@@ -129,8 +132,7 @@ class Writer:
         start = time.perf_counter()
         recs = [h.rec for h in self.held]
         try:
-            async with self.engine.begin() as conn:
-                await write_batch(conn, recs, self.stored)
+            await self._write(recs, self.stored)
         except Exception:
             self.stored.clear()  # whatever failed, send every artwork in full next time
             raise
@@ -139,6 +141,13 @@ class Writer:
         self.metrics.written.inc(len(self.held))
         self.held = []
         self._gauge()
+
+    async def _write(self, recs: list[DescriptionRecord], stored: Container[str] = frozenset()) -> None:
+        if self.sqlite is not None:
+            await self.sqlite.write(recs, stored)
+            return
+        async with self.engine.begin() as conn:
+            await write_batch(conn, recs, stored)
 
     def _remember(self, recs: list[DescriptionRecord]) -> None:
         for r in recs:
@@ -152,8 +161,7 @@ class Writer:
         kept: list[_Held] = []
         for i, h in enumerate(self.held):
             try:
-                async with self.engine.begin() as conn:
-                    await write_batch(conn, [h.rec])
+                await self._write([h.rec])
             except Exception as e:
                 if is_outage(e):
                     kept.extend(self.held[i:])

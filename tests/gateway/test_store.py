@@ -8,9 +8,10 @@ import csv
 import functools
 import hashlib
 import io
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import aiomysql
@@ -33,7 +34,9 @@ from gateway.store import (
     new_description_id,
 )
 from gateway.store.engine import make_engine, normalize_url
+from gateway.store.sqlite_batch import SqliteBatches
 from gateway.store.tables import metadata
+from gateway.store.writer import write_batch
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 BACKENDS = ("sqlite", "postgresql", "mariadb")
@@ -477,3 +480,47 @@ async def test_an_offset_past_any_integer_column_is_refused(store: ResultStore) 
         await store.list_descriptions(offset=99999999999999999999)
     with pytest.raises(Unprocessable, match="offset"):
         await store.list_artworks(offset=2**63)
+
+
+async def test_the_sqlite_writer_writes_what_sqlalchemy_writes(tmp_path: Any) -> None:
+    """An SQLite file's batches skip SQLAlchemy (sqlite_batch.py): every value must still be stored as
+    the engine stores it (type, text, bytes), or the review API would read the two kinds differently."""
+    when = datetime(2026, 3, 1, 12, 30, 15, 250_001, tzinfo=timezone(timedelta(hours=8)))  # not UTC
+    batches = [
+        [
+            make_record(41, created_at=when),
+            make_record(41, style="children", tenant="museum-a", cached=True, prompt="讲给孩子听"),
+            make_record(42, image_jpeg=None, source=None, messages=None, adapter="lora-b", latency_ms=3.0),
+        ],
+        [make_record(41, created_at=when + timedelta(days=1)), make_record(43, metadata={})],
+    ]
+    stored = {make_record(41).artwork_digest}  # the second batch: artwork 41 known stored with its image
+    dumps = []
+    for way in ("sqlalchemy", "sqlite3"):
+        url = f"sqlite+aiosqlite:///{tmp_path}/{way}.db"
+        store = ResultStore(url)
+        await store.start()
+        for i, recs in enumerate(batches):
+            known = stored if i else frozenset()
+            if way == "sqlalchemy":
+                async with store.engine.begin() as conn:
+                    await write_batch(conn, recs, known)
+            else:
+                sqlite = SqliteBatches(str(store.url.database), busy_timeout_s=5)
+                await sqlite.write(recs, known)
+                sqlite.close()
+        await store.close()
+        with sqlite3.connect(f"{tmp_path}/{way}.db") as conn:
+            dump = {}
+            for table in ("artworks", "descriptions"):
+                cols = [
+                    r[1]
+                    for r in conn.execute(f"PRAGMA table_info({table})")
+                    if r[1] != "updated_at" or table == "descriptions"
+                ]
+                select = ", ".join(f"{c}, typeof({c})" for c in cols)
+                dump[table] = conn.execute(f"SELECT {select} FROM {table} ORDER BY id").fetchall()
+        conn.close()
+        dumps.append(dump)
+    assert len(dumps[0]["descriptions"]) == 5 and len(dumps[0]["artworks"]) == 3
+    assert dumps[0] == dumps[1]

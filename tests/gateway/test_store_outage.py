@@ -1,15 +1,18 @@
 """The store through a database outage: records wait and are written once it is back.
 
 The outage is a TCP forwarder in front of the real server that the test closes and reopens
-(the shared servers themselves are never stopped).
+(the shared servers themselves are never stopped); for SQLite, another connection holding the
+write lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -189,3 +192,44 @@ async def test_a_refused_record_does_not_hold_up_the_others() -> None:
         await store.close()
     finally:
         await drop_database("postgresql", name)
+
+
+async def test_sqlite_locked_by_another_writer_keeps_records_until_it_lets_go(tmp_path: Path) -> None:
+    # SQLite's outage: another process holds the write lock past the writer's busy timeout
+    path = tmp_path / "locked.db"
+    store = ResultStore(  # the writer waits 0.3 s for the lock
+        f"sqlite+aiosqlite:///{path}",
+        metrics=StoreMetrics(),
+        connect_timeout_s=0.1,
+        min_backoff_s=0.05,
+        max_backoff_s=0.3,
+    )
+    await store.start()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    recs = [make_record(120), make_record(121)]
+    for r in recs:
+        store.record(r)
+    # more attempts than a refused record gets: a lock is waited out, not taken for a refusal
+    await asyncio.wait_for(wait_for_failures(store, 4), 20)
+    assert store.pending() == 2
+    assert store.metrics.registry.get_sample_value("huayu_store_dropped_total", {"reason": "rejected"}) is None
+    other.execute("ROLLBACK")
+    other.close()
+    await flushed(store, timeout=20)
+    assert {d["id"] for d in (await store.list_descriptions())["data"]} == {r.id for r in recs}
+    assert store.metrics.registry.get_sample_value("huayu_store_written_total") == 2
+    await store.close()
+
+
+async def test_a_record_sqlite_cannot_take_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    # a lone surrogate cannot be encoded as UTF-8: SQLite's driver refuses the record, every time
+    store = outage_store(f"sqlite+aiosqlite:///{tmp_path / 'refused.db'}")
+    await store.start()
+    good, bad = make_record(130), make_record(131, text="bad\ud800text")
+    store.record(bad)
+    store.record(good)
+    await flushed(store)
+    assert (await store.get_description(good.id))["text"] == good.text
+    assert store.metrics.registry.get_sample_value("huayu_store_dropped_total", {"reason": "rejected"}) == 1
+    await store.close()
