@@ -33,6 +33,8 @@ class GatewayMiddleware:
         self.max_body = max_body_bytes
         self.max_in_flight = max_in_flight
         self.in_flight = 0
+        # read when /metrics is scraped, not kept up to date twice a request (a lock each time)
+        metrics.in_flight.set_function(lambda: self.in_flight)
 
     @staticmethod
     def _route_name(scope: Scope) -> str:
@@ -96,12 +98,10 @@ class GatewayMiddleware:
             await send(message)
 
         self.in_flight += 1
-        self.metrics.in_flight.inc()
         try:
             await self.app(scope, limited_receive, watched_send)
         finally:
             self.in_flight -= 1
-            self.metrics.in_flight.dec()
             self._observe(scope, self._route_name(scope), status["code"], started, None)
 
     def _too_large(self) -> PayloadTooLarge:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -16,8 +16,10 @@ STATUSES = ("draft", "approved", "rejected")
 
 def _time_ordered_hex() -> str:
     # 48 bits of milliseconds then 80 random bits (the UUIDv7 layout, without the version
-    # nibbles): ids sort by creation time, which keeps keyset paging and B-tree inserts cheap
-    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+    # nibbles): ids sort by creation time, which keeps keyset paging and B-tree inserts cheap.
+    # The random bits need to be unique, not secret: the random module (seeded from the OS, and
+    # again in a forked child) instead of a getrandom() system call per description.
+    return f"{int(time.time() * 1000):012x}{random.getrandbits(80):020x}"
 
 
 def new_description_id() -> str:

@@ -185,6 +185,7 @@ def test_a_caller_leaving_mid_stream_ends_the_generation_upstream(gateway: Gatew
             assert r.status_code == 200
             lines = r.iter_lines()
             assert next(line for line in lines if '"content":"' in line and '"content":""' not in line)
+            assert "huayu_requests_in_flight 1.0" in client.get("/metrics").text  # /metrics is not counted
         # the caller is gone after a token or two of 400 (20 s of them): the generation is aborted
         deadline = time.monotonic() + 5
         while _sim_metric(sim, "vllm:request_success_total[abort]") <= before:
