@@ -1,12 +1,14 @@
 """The writer's batches into an SQLite file: the standard ``sqlite3`` module, one trip to a thread a batch.
 
-Through SQLAlchemy and aiosqlite a batch costs the gateway's process ~1.7 ms of CPU whatever its
-size, ~90 µs of it for each of a dozen round trips to aiosqlite's thread (begin, three statements,
-commit, the pool's checks), then ~35 µs a record; all of it lands between requests. Here the rows are
-made on the event loop (a few µs a record) and the whole transaction runs in one call on a thread of
-the writer's own, on a connection of its own: ~0.1 ms a batch, ~20 µs a record, with the GIL released
-while SQLite works. The rows are what SQLAlchemy would have written (``tests/gateway/test_store.py``
-compares the two byte for byte); the async engine still runs the migrations and every query.
+Through SQLAlchemy and aiosqlite a batch cost the gateway's process ~1.7 ms of CPU whatever its size
+(a thread round trip costs ~90 µs of CPU on the 2-core benchmark host, and a transaction made a dozen:
+begin, three statements, commit, the pool's checks), then ~35 µs a record; all of it landed between
+requests. Here the rows are made on the event loop (~3.5 µs a record) and the whole transaction runs
+in one call on a thread of the writer's own, on a connection of its own: ~0.25 ms a batch, ~20 µs a
+record, the GIL released while SQLite works. In ``bench_cpu`` the store's share of a request's CPU
+went from ~115 µs to ~30-70. The rows are what SQLAlchemy would have written
+(``tests/gateway/test_store.py`` compares the two byte for byte); the async engine still runs the
+migrations and every query.
 """
 
 from __future__ import annotations
