@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import time
@@ -14,12 +15,18 @@ _HEX = re.compile(r"^[0-9a-f]{16,128}$")
 STATUSES = ("draft", "approved", "rejected")
 
 
+# The ids' random bits need to be unique, not secret: a generator of their own, seeded from the OS (and
+# again in a forked child), instead of a getrandom() system call per description; not the random
+# module's shared one, which anything in the process may seed with a fixed value
+_bits = random.Random()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_bits.seed)
+
+
 def _time_ordered_hex() -> str:
     # 48 bits of milliseconds then 80 random bits (the UUIDv7 layout, without the version
-    # nibbles): ids sort by creation time, which keeps keyset paging and B-tree inserts cheap.
-    # The random bits need to be unique, not secret: the random module (seeded from the OS, and
-    # again in a forked child) instead of a getrandom() system call per description.
-    return f"{int(time.time() * 1000):012x}{random.getrandbits(80):020x}"
+    # nibbles): ids sort by creation time, which keeps keyset paging and B-tree inserts cheap
+    return f"{int(time.time() * 1000):012x}{_bits.getrandbits(80):020x}"
 
 
 def new_description_id() -> str:
