@@ -151,7 +151,7 @@ class ImageMemo:
             h.update(b"kept:%d:" % n)
             h.update(_sample(source))
             return h.digest(16)
-        h.update(source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source)
+        h.update(_bytes(source))
         return h.digest(16)
 
     def _keep(self, key: bytes, source: Upload, keys: ImageKeys, url: str | None) -> None:
@@ -165,11 +165,15 @@ class ImageMemo:
 def _sample(source: Upload) -> bytes:
     """A few characters spread over ``source``, and its end; all of it when it is short."""
     if len(source) <= _PICKS * _TAIL:
-        return source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
+        return _bytes(source)
     step = len(source) // _PICKS
     if isinstance(source, str):
-        return (source[::step][:_PICKS] + source[-_TAIL:]).encode("utf-8", "surrogatepass")
+        return _bytes(source[::step][:_PICKS] + source[-_TAIL:])
     return source[::step][:_PICKS] + source[-_TAIL:]
+
+
+def _bytes(source: Upload) -> bytes:
+    return source.encode("utf-8", "surrogatepass") if isinstance(source, str) else source
 
 
 def _raw(source: bytes | str) -> bytes:
