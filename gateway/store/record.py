@@ -78,6 +78,14 @@ class DescriptionRecord:
     cached: bool = False
 
 
+def first_of_each_artwork(recs: list[DescriptionRecord]) -> dict[str, DescriptionRecord]:
+    """The first record of each artwork in ``recs``, by digest: the one whose artwork row a batch writes."""
+    arts: dict[str, DescriptionRecord] = {}
+    for r in recs:
+        arts.setdefault(r.artwork_digest, r)
+    return arts
+
+
 def record_problem(rec: DescriptionRecord) -> str | None:
     """Why ``rec`` can never be written (a bug upstream of the store), or None if it can."""
     if not rec.id or len(rec.id) > 64:

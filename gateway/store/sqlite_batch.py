@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from .record import DescriptionRecord, artwork_id, utcnow
+from .record import DescriptionRecord, artwork_id, first_of_each_artwork, utcnow
 
 _ARTWORK = (
     "INSERT INTO artworks (id, digest, phash, source, meta, thumbnail, image_jpeg, created_at, updated_at) "
@@ -54,9 +54,7 @@ def _when(at: datetime) -> str:
 def rows(recs: list[DescriptionRecord], stored: Container[str] = frozenset()) -> Rows:
     """The parameters of the batch's three statements, as ``writer.write_batch`` sends them."""
     now = _when(utcnow())
-    arts: dict[str, DescriptionRecord] = {}
-    for r in recs:
-        arts.setdefault(r.artwork_digest, r)
+    arts = first_of_each_artwork(recs)
     new = [
         (
             artwork_id(d),

@@ -23,7 +23,7 @@ from sqlalchemy.sql.dml import Insert
 
 from .engine import is_outage
 from .metrics import StoreMetrics
-from .record import DescriptionRecord, artwork_id, utcnow
+from .record import DescriptionRecord, artwork_id, first_of_each_artwork, utcnow
 from .sqlite_batch import SqliteBatches
 from .tables import artworks, descriptions
 from .types import Blob
@@ -193,9 +193,7 @@ async def write_batch(
     """Insert the artworks (once per digest) and descriptions; writing the same batch twice is harmless.
     ``stored``: digests of artworks known to be in the database with their image already."""
     now = utcnow()
-    arts: dict[str, DescriptionRecord] = {}
-    for r in recs:
-        arts.setdefault(r.artwork_digest, r)
+    arts = first_of_each_artwork(recs)
     new = [r for d, r in arts.items() if d not in stored]
     if new:
         await conn.execute(
