@@ -90,7 +90,10 @@ class GatewayMetrics:
             Counter("huayu_prompt_tokens", "Prompt tokens sent to the model server, by style.", ["style"], registry=r)
         )
         self.coalesced = Counter(
-            "huayu_coalesced_requests", "Requests answered by joining an identical one in flight.", registry=r
+            "huayu_coalesced_requests",
+            "Requests answered by joining an identical one in flight, or one just answered whose cache "
+            "entry is still being written.",
+            registry=r,
         )
 
     def render(self) -> bytes:

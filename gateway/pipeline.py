@@ -85,6 +85,10 @@ class Describer:
         self.store = store
         self.safety_metrics = safety_metrics
         self._flights: dict[str, asyncio.Future[Result]] = {}
+        # fresh answers on their way into the cache, by flight key: asking again in the moment between
+        # the answer and its cache write (a Redis round trip) joins the answer instead of the model
+        self._landing: dict[str, Result] = {}
+        self._puts: set[asyncio.Task[None]] = set()
         self.memo = ImageMemo(images, settings.image_memo_entries)
 
     # ---- the public entry points -------------------------------------------------------
@@ -192,6 +196,9 @@ class Describer:
     async def _lookup(self, prep: _Prepared) -> Result | None:
         if not self._cacheable(prep.job):
             return None
+        if self._landing and (landing := self._landing.get(self._flight_key(prep))) is not None:
+            self.metrics.coalesced.inc()
+            return self._joined(landing, prep)
         assert self.cache is not None
         hit: CacheHit | None = await self.cache.get(prep.scope, prep.keys, prep.prefetch)
         if hit is None:
@@ -223,7 +230,9 @@ class Describer:
 
     async def _join(self, key: str, prep: _Prepared) -> Result:
         self.metrics.coalesced.inc()
-        result = await asyncio.shield(self._flights[key])
+        return self._joined(await asyncio.shield(self._flights[key]), prep)
+
+    def _joined(self, result: Result, prep: _Prepared) -> Result:
         return replace(
             result, cached=True, cache={"kind": "coalesced", "distance": 0}, latency_ms=self._elapsed_ms(prep)
         )
@@ -371,28 +380,52 @@ class Describer:
             finish_reason=finish,
             safety=verdict.public(),
         )
+        # an empty answer is no description: not cached, so asking again can give one
+        fit = result.description.strip() and not verdict.withheld and finish != "content_filter"
+        landing = ""
+        if fit and self._cacheable(prep.job):
+            landing = self._flight_key(prep)
+            self._landing[landing] = result  # from now until the cache has it
         # the bookkeeping waits for the answer to leave: the caller's response is written in this same
         # step of the event loop (nothing between here and the transport awaits), the rest right after
-        asyncio.get_running_loop().call_soon(self._after, prep, result, verdict)
+        asyncio.get_running_loop().call_soon(self._after, prep, result, verdict, landing)
         return result
 
-    def _after(self, prep: _Prepared, result: Result, verdict: Verdict) -> None:
-        """A fresh answer's metrics, cache entry and store record, once the answer is on its way."""
+    def _after(self, prep: _Prepared, result: Result, verdict: Verdict, landing: str) -> None:
+        """A fresh answer's cache entry, metrics and store record, once the answer is on its way."""
         try:
+            if landing:
+                self._put(prep, result, landing)
             style = result.style
             usage = result.usage
             if self.safety_metrics is not None:
                 self.safety_metrics.observe_verdict(verdict)
             self.metrics.generated_tokens.labels(style).inc(usage.get("completion_tokens", 0))
             self.metrics.prompt_tokens.labels(style).inc(usage.get("prompt_tokens", 0))
-            # an empty answer is no description: not cached, so asking again can give one
-            fit = result.description.strip() and not verdict.withheld and result.finish_reason != "content_filter"
-            if fit and self._cacheable(prep.job):
-                assert self.cache is not None
-                asyncio.get_running_loop().create_task(self.cache.put(prep.scope, prep.keys, self._cache_value(result)))
         finally:  # the record above all: whatever failed before, the text reaches the store
             if self.store is not None:
                 self.store.record(self._record(prep, result))
+
+    def _put(self, prep: _Prepared, result: Result, key: str) -> None:
+        """Writes the answer to the cache; it stops answering from ``_landing`` once the write is over,
+        landed or not (a cache that failed counts its error and answers a miss next time)."""
+
+        def landed(task: asyncio.Task[None] | None = None) -> None:
+            if self._landing.get(key) is result:
+                del self._landing[key]
+            if task is not None:
+                self._puts.discard(task)
+
+        assert self.cache is not None
+        try:
+            task = asyncio.get_running_loop().create_task(
+                self.cache.put(prep.scope, prep.keys, self._cache_value(result))
+            )
+        except BaseException:
+            landed()
+            raise
+        self._puts.add(task)  # held: the loop keeps only a weak reference, and its end is what frees the key
+        task.add_done_callback(landed)
 
     @staticmethod
     def _cache_value(result: Result) -> dict[str, Any]:

@@ -90,7 +90,8 @@ def test_predict_cache_hit_on_repeat(client: httpx.Client, sim: Sim) -> None:
     first = client.post("/v1/models/qwen-vl:predict", json=body).json()
     second = client.post("/v1/models/qwen-vl:predict", json=body).json()
     assert first["cached"] is False and second["cached"] is True
-    assert second["cache"]["kind"] == "exact" and second["description"] == first["description"]
+    # "coalesced" when the repeat came before the first answer's cache write was over
+    assert second["cache"]["kind"] in ("exact", "coalesced") and second["description"] == first["description"]
     assert len(sim.requests()) == 1
 
 
