@@ -329,9 +329,10 @@ def main(argv: list[str] | None = None) -> None:
         "The highest rate: open loop, "
         "streams, TTFT p95 < 500 ms and errors < 0.1%, rates doubling from 10 req/s. "
         "Targets: added ≤ 0.5 ms p50 and ≤ 3 ms p99, and below LiteLLM's. The bare pass-throughs "
-        "(`bench/passthrough.py`: uvicorn forwarding the bytes, no work) are the floors: with aiohttp, what a "
-        "plain Python proxy pays here; with huayu's own HTTP client (`gateway/http1.py`), the floor of huayu's "
-        "stack (uvicorn and that client), so huayu's own work per request is its figure minus that one. "
+        "(`bench/passthrough.py`: forwarding the bytes, no work) are the floors: aiohttp on uvicorn, what a "
+        "plain Python proxy pays here; huayu's own HTTP client (`gateway/http1.py`) on huayu's own server "
+        "(`gateway/server.py`), the floor of huayu's stack, so huayu's own work per request is its figure "
+        "minus that one. "
         f"Load average at the end (1, 5, 15 min): {load}; other work on the machine widens the ranges.\n\n" + table
     )
     if lite_note:

@@ -1,10 +1,11 @@
 """The floor of bench_gateway: a Python proxy that does nothing but forward the bytes.
 
-uvicorn (uvloop, httptools) and an HTTP client: it reads the body, posts it unchanged to the
-upstream and returns the answer (streams pass through as they come). No parsing, no image, no
-checks. With ``--client aiohttp`` (one aiohttp session) it is what a plain Python ASGI proxy pays
-on this machine; with ``--client huayu`` (huayu's own HTTP/1.1 pool, ``gateway.http1``) it is the
-floor of huayu's own stack, under which huayu's work per request is the rest.
+A server and an HTTP client: it reads the body, posts it unchanged to the upstream and returns the
+answer (streams pass through as they come). No parsing, no image, no checks. With ``--client
+aiohttp`` (one aiohttp session, on uvicorn with uvloop and httptools) it is what a plain Python ASGI
+proxy pays on this machine; with ``--client huayu`` (huayu's own HTTP/1.1 pool, ``gateway.http1``,
+on huayu's own server, ``gateway.server``) it is the floor of huayu's own stack, under which huayu's
+work per request is the rest.
 
     python -m bench.passthrough --port 8090 --upstream http://127.0.0.1:8000/v1 [--client huayu]
 """
@@ -18,7 +19,7 @@ import aiohttp
 import uvicorn
 from starlette.types import Receive, Scope, Send
 
-from gateway import http1
+from gateway import http1, server
 
 
 class Passthrough:
@@ -98,7 +99,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--upstream", required=True, help="the upstream's OpenAI base URL, …/v1")
     ap.add_argument("--client", choices=["aiohttp", "huayu"], default="aiohttp")
     args = ap.parse_args(argv)
-    uvicorn.run(Passthrough(args.upstream, args.client), host="127.0.0.1", port=args.port, log_level="warning")
+    app = Passthrough(args.upstream, args.client)
+    if args.client == "huayu":
+        server.run(app, "127.0.0.1", args.port)
+    else:
+        uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -22,21 +22,12 @@ BANNER = """
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.server import log_to_stderr, run
 
     settings = Settings()
-    host = args.host or settings.host
-    port = args.port or settings.port
-    uvicorn.run(
-        create_app(settings),
-        host=host,
-        port=port,
-        log_level=settings.log_level,
-        access_log=args.access_log,
-        timeout_graceful_shutdown=10,
-    )
+    log_to_stderr(settings.log_level)
+    run(create_app(settings), args.host or settings.host, args.port or settings.port, access_log=args.access_log)
     return 0
 
 

@@ -51,9 +51,8 @@ def weights_problem(python: str, model_id: str, env: dict[str, str]) -> str:
 
 
 def run_stack(preset: str | None, gateway_port: int, model_port: int) -> int:
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.server import log_to_stderr, run
     from serving.launch import ModelServer, build_command, detect_preset, serving_env
     from serving.presets import get_preset
 
@@ -98,7 +97,8 @@ def run_stack(preset: str | None, gateway_port: int, model_port: int) -> int:
             "Ctrl-C stops both.\n",
             flush=True,
         )
-        uvicorn.run(create_app(settings), host=settings.host, port=gateway_port, log_level=settings.log_level)
+        log_to_stderr(settings.log_level)
+        run(create_app(settings), settings.host, gateway_port)
     finally:
         print("stopping the model server ...", flush=True)
         server.stop()

@@ -1,4 +1,4 @@
-"""Real servers on loopback for the tests: an ASGI app under uvicorn in a thread, on a free port."""
+"""Real servers on loopback for the tests: an ASGI app under huayu's server in a thread, on a free port."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
+import uvloop
 
 from gateway.config import Settings
+from gateway.server import Server
 
 
 def free_port() -> int:
@@ -25,21 +26,29 @@ def free_port() -> int:
 
 @contextmanager
 def serve(app: Any, port: int | None = None) -> Iterator[str]:
-    """Runs ``app`` on 127.0.0.1 until the block ends; yields its base URL."""
+    """Runs ``app`` on 127.0.0.1 until the block ends, under huayu's own server (``gateway.server``,
+    what ``huayu serve`` runs) in a thread with its own loop; yields its base URL."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    server = Server(app, "127.0.0.1", port, graceful_s=5)
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            uvloop.run(server.serve())
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=target, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
+            raise RuntimeError(f"the test server did not start: {errors[:1]}")
         time.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        server.should_exit = True
+        server.stop()
         thread.join(timeout=15)
 
 

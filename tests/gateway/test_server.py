@@ -1,0 +1,309 @@
+"""huayu's HTTP/1.1 server (``gateway.server``) on loopback, spoken to with raw sockets and httpx.
+
+The whole gateway suite runs on it too (``tests.servers.serve``); these are the protocol's own cases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvloop
+
+from gateway.server import HIGH_WATER, Server
+from tests.servers import free_port
+
+Scope = dict[str, Any]
+
+
+class App:
+    """A small ASGI app whose paths do what the tests need; it records what it saw."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.disconnects = 0
+        self.lifespan: list[str] = []
+        self.fail_startup = False
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                self.lifespan.append(message["type"])
+                if message["type"] == "lifespan.startup":
+                    if self.fail_startup:
+                        await send({"type": "lifespan.startup.failed", "message": "no database"})
+                        return
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        path = scope["path"]
+        self.seen.append(path)
+        if path.startswith("/echo"):
+            body, parts = b"", 0
+            while True:
+                message = await receive()
+                body += message.get("body", b"")
+                parts += 1
+                if not message.get("more_body"):
+                    break
+            text = b"%d bytes in %d parts, %s %s" % (len(body), parts, scope["method"].encode(), scope["raw_path"])
+            await _answer(send, 200, text)
+        elif path == "/refuse":  # answers without reading the body
+            await _answer(send, 413, b"too large")
+        elif path == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            for i in range(3):
+                await send({"type": "http.response.body", "body": b"part %d\n" % i, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        elif path == "/hold":  # streams one part, then waits for the caller to leave
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"first", "more_body": True})
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.disconnects += 1
+        elif path == "/two-listeners":  # two tasks wait on receive() at once: both hear the disconnect
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"first", "more_body": True})
+            await receive()  # the (empty) body
+            heard = await asyncio.gather(receive(), receive())
+            self.disconnects += [m["type"] for m in heard].count("http.disconnect")
+        elif path == "/slow":
+            await asyncio.sleep(0.5)
+            await _answer(send, 200, b"slow done")
+        elif path == "/boom":
+            raise RuntimeError("boom")
+        elif path == "/boom-late":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]})
+            raise RuntimeError("boom after the head")
+        else:
+            await _answer(send, 200, b"hello " + path.encode())
+
+
+async def _answer(send: Any, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"text/plain"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+@contextmanager
+def running(app: Any, **options: Any) -> Iterator[tuple[Server, int]]:
+    port = free_port()
+    server = Server(app, "127.0.0.1", port, **options)
+    thread = threading.Thread(target=lambda: uvloop.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.01)
+    try:
+        yield server, port
+    finally:
+        server.stop()
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def _conn(port: int) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    return s
+
+
+def _read_until(s: socket.socket, marker: bytes, have: bytes = b"") -> bytes:
+    data = have
+    while marker not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _responses(s: socket.socket, count: int) -> list[bytes]:
+    """``count`` responses with content-length bodies, read off ``s``."""
+    data, out = b"", list[bytes]()
+    while len(out) < count:
+        data = _read_until(s, b"\r\n\r\n", data)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next(int(v) for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n")) if k == b"content-length")
+        while len(rest) < length:
+            chunk = s.recv(65536)
+            assert chunk, "closed mid-body"
+            rest += chunk
+        out.append(head + b"\r\n\r\n" + rest[:length])
+        data = rest[length:]
+    return out
+
+
+@pytest.fixture
+def app() -> App:
+    return App()
+
+
+def test_keep_alive_and_pipelined_requests_are_answered_in_order(app: App) -> None:
+    with running(app) as (_, port), _conn(port) as s:
+        s.sendall(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
+        [one] = _responses(s, 1)
+        assert one.startswith(b"HTTP/1.1 200 OK\r\n") and one.endswith(b"hello /one")
+        assert b"\r\ndate: " in one
+        # three at once, the middle one slow: the answers keep the order of the requests
+        s.sendall(
+            b"GET /a HTTP/1.1\r\nhost: x\r\n\r\nGET /slow HTTP/1.1\r\nhost: x\r\n\r\nGET /b HTTP/1.1\r\nhost: x\r\n\r\n"
+        )
+        bodies = [r.split(b"\r\n\r\n", 1)[1] for r in _responses(s, 3)]
+        assert bodies == [b"hello /a", b"slow done", b"hello /b"]
+    assert app.seen == ["/one", "/a", "/slow", "/b"]
+
+
+def test_a_response_head_goes_out_with_its_first_body_bytes(app: App) -> None:
+    with running(app) as (_, port), _conn(port) as s:
+        for _ in range(5):
+            s.sendall(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
+            first = s.recv(65536)  # one write: head and body in the same segment
+            assert first.endswith(b"\r\n\r\nhello /x"), first
+
+
+def test_bodies_chunked_large_and_percent_encoded_paths(app: App) -> None:
+    with running(app) as (_, port), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        chunked = client.post("/echo", content=iter([b"ab", b"cde", b"f" * 1000]))
+        assert chunked.text.startswith("1005 bytes in")
+        size = 3 * HIGH_WATER + 12345  # reading pauses and resumes while the app takes it
+        big = client.post("/echo", content=b"z" * size)
+        assert big.text.startswith(f"{size} bytes in ")
+        assert client.post("/echo%20here?q=1", content=b"").text == "0 bytes in 1 parts, POST /echo%20here"
+    assert "/echo here" in app.seen
+
+
+def test_expect_100_continue_is_answered_when_the_app_reads(app: App) -> None:
+    with running(app) as (_, port), _conn(port) as s:
+        s.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+        interim = _read_until(s, b"\r\n\r\n")
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"hello")
+        [answer] = _responses(s, 1)
+        assert answer.endswith(b"5 bytes in 1 parts, POST /echo")
+
+
+def test_streamed_responses_are_chunked(app: App) -> None:
+    with running(app) as (_, port), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        with client.stream("GET", "/stream") as r:
+            assert r.headers["transfer-encoding"] == "chunked"
+            assert list(r.iter_lines()) == ["part 0", "part 1", "part 2"]
+        head = client.head("/x")
+        assert head.status_code == 200 and head.headers["content-length"] == "8" and head.content == b""
+        assert client.get("/after").text == "hello /after"  # the connection is still in step
+
+
+def test_malformed_and_oversized_requests_get_an_answer_and_a_close(app: App) -> None:
+    with running(app) as (_, port):
+        with _conn(port) as s:
+            s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            answer = _read_until(s, b"never")
+            assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"connection: close" in answer
+        with _conn(port) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n")
+            assert _read_until(s, b"never").startswith(b"HTTP/1.1 431 ")
+        with _conn(port) as s:
+            # no protocol switch: answered as a plain request, then closed
+            s.sendall(b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
+            answer = _read_until(s, b"never")
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"hello /chat")
+            assert b"connection: close" in answer
+        assert httpx.get(f"http://127.0.0.1:{port}/still").text == "hello /still"
+
+
+def test_app_errors_become_a_500_or_a_cut_response(app: App) -> None:
+    with running(app) as (_, port), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        r = client.get("/boom")
+        assert r.status_code == 500 and r.text == "Internal Server Error"
+        with pytest.raises(httpx.RemoteProtocolError):
+            client.get("/boom-late")  # 100 bytes promised, none sent: the connection is closed
+        assert client.get("/fine").text == "hello /fine"
+
+
+def test_a_response_before_the_body_is_read_leaves_the_connection_usable(app: App) -> None:
+    with running(app) as (_, port), _conn(port) as s:
+        s.sendall(b"POST /refuse HTTP/1.1\r\nhost: x\r\ncontent-length: 200000\r\n\r\n" + b"q" * 200_000)
+        [refused] = _responses(s, 1)
+        assert refused.startswith(b"HTTP/1.1 413 ")
+        s.sendall(b"GET /next HTTP/1.1\r\nhost: x\r\n\r\n")
+        [after] = _responses(s, 1)
+        assert after.endswith(b"hello /next")
+
+
+def test_a_caller_gone_mid_response_is_a_disconnect_to_the_app(app: App) -> None:
+    with running(app) as (_, port):
+        with _conn(port) as s:
+            s.sendall(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert b"first" in _read_until(s, b"first")
+        deadline = time.monotonic() + 5
+        while app.disconnects == 0:
+            assert time.monotonic() < deadline, "the app never heard of the disconnect"
+            time.sleep(0.01)
+
+
+def test_idle_keep_alive_connections_are_closed(app: App) -> None:
+    with running(app, keepalive_s=0.2) as (server, port), _conn(port) as s:
+        s.sendall(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
+        _responses(s, 1)
+        s.settimeout(5)
+        assert s.recv(10) == b""  # closed by the server's sweep
+        assert not server.connections
+
+
+def test_shutdown_lets_requests_in_flight_finish_and_runs_the_lifespan(app: App) -> None:
+    got: dict[str, Any] = {}
+    with running(app, graceful_s=5) as (server, port):
+        assert app.lifespan == ["lifespan.startup"]
+
+        def slow() -> None:
+            got["r"] = httpx.get(f"http://127.0.0.1:{port}/slow", timeout=10)
+
+        caller = threading.Thread(target=slow)
+        caller.start()
+        time.sleep(0.2)
+        server.stop()
+        caller.join(10)
+        time.sleep(0.2)
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1)
+    assert got["r"].status_code == 200 and got["r"].text == "slow done"
+    assert got["r"].headers.get("connection") == "close"
+    assert app.lifespan == ["lifespan.startup", "lifespan.shutdown"]
+
+
+def test_a_failed_startup_stops_the_server(app: App) -> None:
+    app.fail_startup = True
+    server = Server(app, "127.0.0.1", free_port())
+    with pytest.raises(RuntimeError, match="no database"):
+        uvloop.run(server.serve())
+    assert not server.started
+
+
+def test_concurrent_receivers_all_hear_the_disconnect(app: App) -> None:
+    with running(app) as (_, port):
+        with _conn(port) as s:
+            s.sendall(b"GET /two-listeners HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert b"first" in _read_until(s, b"first")
+        deadline = time.monotonic() + 5
+        while app.disconnects < 2:
+            assert time.monotonic() < deadline, f"{app.disconnects} of 2 receivers heard of the disconnect"
+            time.sleep(0.01)
+
+
+async def _no_lifespan(scope: Scope, receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await _answer(send, 200, b"no lifespan here")
+
+
+def test_an_app_without_a_lifespan_is_served() -> None:
+    with running(_no_lifespan) as (_, port):
+        assert httpx.get(f"http://127.0.0.1:{port}/").text == "no lifespan here"
