@@ -498,34 +498,25 @@ class Server:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: it is stopped already
                 self._loop.call_soon_threadsafe(self._stop.set)
 
-    async def serve(self, sockets: list[Any] | None = None) -> None:
+    async def serve(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         self._tick()
         async with _Lifespan(self.app, self.state):
-            if sockets:
-                listeners = [
-                    await self.loop.create_server(lambda: _Connection(self), sock=s, backlog=self.backlog)
-                    for s in sockets
-                ]
-            else:
-                listeners = [
-                    await self.loop.create_server(
-                        lambda: _Connection(self), self.host, self.port, backlog=self.backlog, reuse_address=True
-                    )
-                ]
+            listener = await self.loop.create_server(
+                lambda: _Connection(self), self.host, self.port, backlog=self.backlog, reuse_address=True
+            )
             sweeper = self.loop.create_task(self._sweep())
             self.started = True
             try:
                 await self._stop.wait()
             finally:
                 sweeper.cancel()
-                await self._drain_out(listeners)
+                await self._drain_out(listener)
 
-    async def _drain_out(self, listeners: list[asyncio.Server]) -> None:
+    async def _drain_out(self, listener: asyncio.Server) -> None:
         self.stopping = True
-        for listener in listeners:
-            listener.close()
+        listener.close()
         for conn in list(self.connections):
             if not conn.busy():
                 conn.close()
@@ -538,9 +529,8 @@ class Server:
             conn.close()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=1)
-        for listener in listeners:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(listener.wait_closed(), 1)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(listener.wait_closed(), 1)
 
     def _tick(self) -> None:
         self.date = b"date: " + email.utils.formatdate(time.time(), usegmt=True).encode() + b"\r\n"
