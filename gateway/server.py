@@ -190,7 +190,7 @@ class _Exchange:
         status: int = message["status"]
         self.status = status
         lines = [_STATUS.get(status) or _status_line(status)]
-        length = chunked = dated = False
+        length = chunked = dated = said_close = False
         for name, value in message.get("headers", ()):
             low = name.lower()
             if low == b"content-length":
@@ -200,6 +200,7 @@ class _Exchange:
             elif low == b"connection":
                 if b"close" in value.lower():
                     self.keep_alive = False
+                    said_close = True
             elif low == b"date":
                 dated = True
             if b"\n" in value or b"\r" in value or b"\n" in name or b"\r" in name:
@@ -213,7 +214,7 @@ class _Exchange:
         self.chunked = chunked and not self.head_only
         if self.conn.server.stopping:
             self.keep_alive = False  # shutting down: this is the connection's last response
-        if not self.keep_alive:
+        if not self.keep_alive and not said_close:
             lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         self.head = b"".join(lines)

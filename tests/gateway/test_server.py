@@ -57,6 +57,10 @@ class App:
                     break
             text = b"%d bytes in %d parts, %s %s" % (len(body), parts, scope["method"].encode(), scope["raw_path"])
             await _answer(send, 200, text)
+        elif path == "/last":  # the app closes the connection itself
+            headers = [(b"connection", b"close"), (b"content-length", b"4")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"last"})
         elif path == "/refuse":  # answers without reading the body
             await _answer(send, 413, b"too large")
         elif path == "/stream":
@@ -160,7 +164,10 @@ def test_keep_alive_and_pipelined_requests_are_answered_in_order(app: App) -> No
         )
         bodies = [r.split(b"\r\n\r\n", 1)[1] for r in _responses(s, 3)]
         assert bodies == [b"hello /a", b"slow done", b"hello /b"]
-    assert app.seen == ["/one", "/a", "/slow", "/b"]
+        s.sendall(b"GET /last HTTP/1.1\r\nhost: x\r\n\r\n")
+        last = _read_until(s, b"never")  # read to the end: the app asked for the close
+        assert last.endswith(b"\r\n\r\nlast") and last.count(b"connection: close") == 1
+    assert app.seen == ["/one", "/a", "/slow", "/b", "/last"]
 
 
 def test_a_response_head_goes_out_with_its_first_body_bytes(app: App) -> None:
