@@ -246,14 +246,16 @@ def test_a_response_before_the_body_is_read_leaves_the_connection_usable(app: Ap
         assert after.endswith(b"hello /next")
 
 
-def test_a_caller_gone_mid_response_is_a_disconnect_to_the_app(app: App) -> None:
+@pytest.mark.parametrize(("path", "listeners"), [("/hold", 1), ("/two-listeners", 2)])
+def test_a_caller_gone_mid_response_is_a_disconnect_to_the_app(app: App, path: str, listeners: int) -> None:
+    # /two-listeners: two tasks wait on receive() at once, and both must hear it
     with running(app) as (_, port):
         with _conn(port) as s:
-            s.sendall(b"GET /hold HTTP/1.1\r\nhost: x\r\n\r\n")
+            s.sendall(b"GET %b HTTP/1.1\r\nhost: x\r\n\r\n" % path.encode())
             assert b"first" in _read_until(s, b"first")
         deadline = time.monotonic() + 5
-        while app.disconnects == 0:
-            assert time.monotonic() < deadline, "the app never heard of the disconnect"
+        while app.disconnects < listeners:
+            assert time.monotonic() < deadline, f"{app.disconnects} of {listeners} receivers heard of the disconnect"
             time.sleep(0.01)
 
 
@@ -293,17 +295,6 @@ def test_a_failed_startup_stops_the_server(app: App) -> None:
     with pytest.raises(RuntimeError, match="no database"):
         uvloop.run(server.serve())
     assert not server.started
-
-
-def test_concurrent_receivers_all_hear_the_disconnect(app: App) -> None:
-    with running(app) as (_, port):
-        with _conn(port) as s:
-            s.sendall(b"GET /two-listeners HTTP/1.1\r\nhost: x\r\n\r\n")
-            assert b"first" in _read_until(s, b"first")
-        deadline = time.monotonic() + 5
-        while app.disconnects < 2:
-            assert time.monotonic() < deadline, f"{app.disconnects} of 2 receivers heard of the disconnect"
-            time.sleep(0.01)
 
 
 async def _no_lifespan(scope: Scope, receive: Any, send: Any) -> None:
