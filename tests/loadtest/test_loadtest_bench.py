@@ -14,6 +14,8 @@ from bench.bench_batch import simulator_timing
 from bench.bench_cpu import BASELINE
 from bench.bench_cpu import main as bench_cpu
 from bench.bench_gateway import STRAIGHT, STRAIGHT_HUAYU, tables, top_costs
+from bench.bench_server import DIRECT, HUAYU, UVICORN
+from bench.bench_server import main as bench_server
 from bench.run_all import MODEL_LIKE, modules, section_of, write_section
 from loadtest.hammer import main as hammer_main
 from loadtest.simulator import SimConfig, run_in_thread
@@ -103,6 +105,19 @@ def test_the_cpu_benchmark_measures_huayu_against_its_own_client(capsys: pytest.
         # the figures' own arithmetic; which is larger over 20 requests is the machine's business
         assert cpu > 0 and base > 0 and own == pytest.approx(cpu - base, abs=1)
         assert ratio == pytest.approx(cpu / base, rel=0.05)  # of the figures before they were rounded
+
+
+def test_the_server_benchmark_alternates_both_servers_and_the_simulator(capsys: pytest.CaptureFixture[str]) -> None:
+    bench_server(["--seconds", "1", "--warmup", "3", "--no-write"])
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in out.splitlines() if line.startswith("| ")}
+    counts = {rows[name][1] for name in (HUAYU, UVICORN, DIRECT)}
+    assert len(counts) == 1 and int(counts.pop()) > 0  # one request each per turn
+    base = float(rows[DIRECT][2])
+    for name in (HUAYU, UVICORN):
+        assert float(rows[name][4]) == pytest.approx(float(rows[name][2]) - base, abs=0.002)
+        assert float(rows[name][5].strip(" |")) > 0
+    assert "huayu's server minus uvicorn" in out
 
 
 def test_top_costs_from_collapsed_stacks() -> None:
