@@ -25,11 +25,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any, port: int | None = None) -> Iterator[str]:
-    """Runs ``app`` on 127.0.0.1 until the block ends, under huayu's own server (``gateway.server``,
-    what ``huayu serve`` runs) in a thread with its own loop; yields its base URL."""
-    port = port or free_port()
-    server = Server(app, "127.0.0.1", port, graceful_s=5)
+def running(app: Any, port: int | None = None, **options: Any) -> Iterator[Server]:
+    """Runs ``app`` on 127.0.0.1 under huayu's own server (``gateway.server``, what ``huayu serve``
+    runs) in a thread with its own loop until the block ends; yields the started ``Server``."""
+    server = Server(app, "127.0.0.1", port or free_port(), **options)
     errors: list[BaseException] = []
 
     def target() -> None:
@@ -46,10 +45,18 @@ def serve(app: Any, port: int | None = None) -> Iterator[str]:
             raise RuntimeError(f"the test server did not start: {errors[:1]}")
         time.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield server
     finally:
         server.stop()
         thread.join(timeout=15)
+        assert not thread.is_alive(), "the test server did not stop"
+
+
+@contextmanager
+def serve(app: Any, port: int | None = None) -> Iterator[str]:
+    """``running(app)``, yielding its base URL."""
+    with running(app, port, graceful_s=5) as server:
+        yield f"http://127.0.0.1:{server.port}"
 
 
 class Sim:

@@ -9,8 +9,6 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -18,7 +16,7 @@ import pytest
 import uvloop
 
 from gateway.server import HIGH_WATER, Server
-from tests.servers import free_port
+from tests.servers import free_port, running
 
 Scope = dict[str, Any]
 
@@ -98,24 +96,6 @@ async def _answer(send: Any, status: int, body: bytes) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-@contextmanager
-def running(app: Any, **options: Any) -> Iterator[tuple[Server, int]]:
-    port = free_port()
-    server = Server(app, "127.0.0.1", port, **options)
-    thread = threading.Thread(target=lambda: uvloop.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    try:
-        yield server, port
-    finally:
-        server.stop()
-        thread.join(10)
-        assert not thread.is_alive()
-
-
 def _conn(port: int) -> socket.socket:
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     return s
@@ -153,7 +133,7 @@ def app() -> App:
 
 
 def test_keep_alive_and_pipelined_requests_are_answered_in_order(app: App) -> None:
-    with running(app) as (_, port), _conn(port) as s:
+    with running(app) as server, _conn(server.port) as s:
         s.sendall(b"GET /one HTTP/1.1\r\nhost: x\r\n\r\n")
         [one] = _responses(s, 1)
         assert one.startswith(b"HTTP/1.1 200 OK\r\n") and one.endswith(b"hello /one")
@@ -171,7 +151,7 @@ def test_keep_alive_and_pipelined_requests_are_answered_in_order(app: App) -> No
 
 
 def test_a_response_head_goes_out_with_its_first_body_bytes(app: App) -> None:
-    with running(app) as (_, port), _conn(port) as s:
+    with running(app) as server, _conn(server.port) as s:
         for _ in range(5):
             s.sendall(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
             first = s.recv(65536)  # one write: head and body in the same segment
@@ -179,7 +159,7 @@ def test_a_response_head_goes_out_with_its_first_body_bytes(app: App) -> None:
 
 
 def test_bodies_chunked_large_and_percent_encoded_paths(app: App) -> None:
-    with running(app) as (_, port), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    with running(app) as server, httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client:
         chunked = client.post("/echo", content=iter([b"ab", b"cde", b"f" * 1000]))
         assert chunked.text.startswith("1005 bytes in")
         size = 3 * HIGH_WATER + 12345  # reading pauses and resumes while the app takes it
@@ -190,7 +170,7 @@ def test_bodies_chunked_large_and_percent_encoded_paths(app: App) -> None:
 
 
 def test_expect_100_continue_is_answered_when_the_app_reads(app: App) -> None:
-    with running(app) as (_, port), _conn(port) as s:
+    with running(app) as server, _conn(server.port) as s:
         s.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
         interim = _read_until(s, b"\r\n\r\n")
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -200,7 +180,7 @@ def test_expect_100_continue_is_answered_when_the_app_reads(app: App) -> None:
 
 
 def test_streamed_responses_are_chunked(app: App) -> None:
-    with running(app) as (_, port), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    with running(app) as server, httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client:
         with client.stream("GET", "/stream") as r:
             assert r.headers["transfer-encoding"] == "chunked"
             assert list(r.iter_lines()) == ["part 0", "part 1", "part 2"]
@@ -210,25 +190,25 @@ def test_streamed_responses_are_chunked(app: App) -> None:
 
 
 def test_malformed_and_oversized_requests_get_an_answer_and_a_close(app: App) -> None:
-    with running(app) as (_, port):
-        with _conn(port) as s:
+    with running(app) as server:
+        with _conn(server.port) as s:
             s.sendall(b"NOT HTTP AT ALL\r\n\r\n")
             answer = _read_until(s, b"never")
             assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"connection: close" in answer
-        with _conn(port) as s:
+        with _conn(server.port) as s:
             s.sendall(b"GET / HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 70_000 + b"\r\n\r\n")
             assert _read_until(s, b"never").startswith(b"HTTP/1.1 431 ")
-        with _conn(port) as s:
+        with _conn(server.port) as s:
             # no protocol switch: answered as a plain request, then closed
             s.sendall(b"GET /chat HTTP/1.1\r\nhost: x\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n")
             answer = _read_until(s, b"never")
             assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"hello /chat")
             assert b"connection: close" in answer
-        assert httpx.get(f"http://127.0.0.1:{port}/still").text == "hello /still"
+        assert httpx.get(f"http://127.0.0.1:{server.port}/still").text == "hello /still"
 
 
 def test_app_errors_become_a_500_or_a_cut_response(app: App) -> None:
-    with running(app) as (_, port), httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+    with running(app) as server, httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client:
         r = client.get("/boom")
         assert r.status_code == 500 and r.text == "Internal Server Error"
         with pytest.raises(httpx.RemoteProtocolError):
@@ -237,7 +217,7 @@ def test_app_errors_become_a_500_or_a_cut_response(app: App) -> None:
 
 
 def test_a_response_before_the_body_is_read_leaves_the_connection_usable(app: App) -> None:
-    with running(app) as (_, port), _conn(port) as s:
+    with running(app) as server, _conn(server.port) as s:
         s.sendall(b"POST /refuse HTTP/1.1\r\nhost: x\r\ncontent-length: 200000\r\n\r\n" + b"q" * 200_000)
         [refused] = _responses(s, 1)
         assert refused.startswith(b"HTTP/1.1 413 ")
@@ -249,8 +229,8 @@ def test_a_response_before_the_body_is_read_leaves_the_connection_usable(app: Ap
 @pytest.mark.parametrize(("path", "listeners"), [("/hold", 1), ("/two-listeners", 2)])
 def test_a_caller_gone_mid_response_is_a_disconnect_to_the_app(app: App, path: str, listeners: int) -> None:
     # /two-listeners: two tasks wait on receive() at once, and both must hear it
-    with running(app) as (_, port):
-        with _conn(port) as s:
+    with running(app) as server:
+        with _conn(server.port) as s:
             s.sendall(b"GET %b HTTP/1.1\r\nhost: x\r\n\r\n" % path.encode())
             assert b"first" in _read_until(s, b"first")
         deadline = time.monotonic() + 5
@@ -260,7 +240,7 @@ def test_a_caller_gone_mid_response_is_a_disconnect_to_the_app(app: App, path: s
 
 
 def test_idle_keep_alive_connections_are_closed(app: App) -> None:
-    with running(app, keepalive_s=0.2) as (server, port), _conn(port) as s:
+    with running(app, keepalive_s=0.2) as server, _conn(server.port) as s:
         s.sendall(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
         _responses(s, 1)
         s.settimeout(5)
@@ -273,11 +253,11 @@ def test_idle_keep_alive_connections_are_closed(app: App) -> None:
 
 def test_shutdown_lets_requests_in_flight_finish_and_runs_the_lifespan(app: App) -> None:
     got: dict[str, Any] = {}
-    with running(app, graceful_s=5) as (server, port):
+    with running(app, graceful_s=5) as server:
         assert app.lifespan == ["lifespan.startup"]
 
         def slow() -> None:
-            got["r"] = httpx.get(f"http://127.0.0.1:{port}/slow", timeout=10)
+            got["r"] = httpx.get(f"http://127.0.0.1:{server.port}/slow", timeout=10)
 
         caller = threading.Thread(target=slow)
         caller.start()
@@ -286,7 +266,7 @@ def test_shutdown_lets_requests_in_flight_finish_and_runs_the_lifespan(app: App)
         caller.join(10)
         time.sleep(0.2)
         with pytest.raises(OSError):
-            socket.create_connection(("127.0.0.1", port), timeout=1)
+            socket.create_connection(("127.0.0.1", server.port), timeout=1)
     assert got["r"].status_code == 200 and got["r"].text == "slow done"
     assert got["r"].headers.get("connection") == "close"
     assert app.lifespan == ["lifespan.startup", "lifespan.shutdown"]
@@ -306,5 +286,5 @@ async def _no_lifespan(scope: Scope, receive: Any, send: Any) -> None:
 
 
 def test_an_app_without_a_lifespan_is_served() -> None:
-    with running(_no_lifespan) as (_, port):
-        assert httpx.get(f"http://127.0.0.1:{port}/").text == "no lifespan here"
+    with running(_no_lifespan) as server:
+        assert httpx.get(f"http://127.0.0.1:{server.port}/").text == "no lifespan here"
