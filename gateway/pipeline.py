@@ -410,20 +410,13 @@ class Describer:
         """Writes the answer to the cache; it stops answering from ``_landing`` once the write is over,
         landed or not (a cache that failed counts its error and answers a miss next time)."""
 
-        def landed(task: asyncio.Task[None] | None = None) -> None:
+        def landed(task: asyncio.Task[None]) -> None:
             if self._landing.get(key) is result:
                 del self._landing[key]
-            if task is not None:
-                self._puts.discard(task)
+            self._puts.discard(task)
 
         assert self.cache is not None
-        try:
-            task = asyncio.get_running_loop().create_task(
-                self.cache.put(prep.scope, prep.keys, self._cache_value(result))
-            )
-        except BaseException:
-            landed()
-            raise
+        task = asyncio.get_running_loop().create_task(self.cache.put(prep.scope, prep.keys, self._cache_value(result)))
         self._puts.add(task)  # held: the loop keeps only a weak reference, and its end is what frees the key
         task.add_done_callback(landed)
 

@@ -509,6 +509,7 @@ class Server:
             )
             sweeper = self.loop.create_task(self._sweep())
             self.started = True
+            log.info("huayu listening on http://%s:%d", self.host, self.port)
             try:
                 await self._stop.wait()
             finally:
@@ -612,11 +613,6 @@ def run(app: ASGIApp, host: str, port: int, **options: Any) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, server.shutdown)
-        task = loop.create_task(server.serve())
-        while not server.started and not task.done():
-            await asyncio.sleep(0.01)
-        if server.started:
-            log.info("huayu listening on http://%s:%d", host, port)
-        await task
+        await server.serve()
 
     uvloop.run(main())
