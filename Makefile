@@ -44,8 +44,10 @@ bench: venv serving-venv
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/huayu bench
 
+# the load test against the gateway `make run` serves, or URL=...; ARGS adds options (huayu loadtest --help)
+URL ?= http://127.0.0.1:8080
 loadtest: venv
-	$(BIN)/huayu loadtest
+	$(BIN)/huayu loadtest --url $(URL) $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(SERVING_VENV) .data .pytest_cache .mypy_cache .ruff_cache

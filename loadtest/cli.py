@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 
 from gateway.config import DATA_DIR
@@ -49,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--language", choices=("zh", "en"))
     p.add_argument("--repeat-share", type=float, help="share of visitors re-sending a seen image (default 0.2)")
     p.add_argument("--mix", help="user weights, e.g. visitor=6,curator=2,bulk=2")
-    p.add_argument("--model", default="qwen-vl", help="the model name in requests (default: %(default)s)")
+    p.add_argument("--model", help="the model name in requests (default: the first the gateway lists in /v1/models)")
     p.add_argument("--api-key", default="", help="sent as a bearer token")
     sim = p.add_argument_group("with --with-simulator")
     sim.add_argument("--sim-ttft-ms", type=float, default=40.0)
@@ -91,12 +92,13 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
 
 
 @contextlib.contextmanager
-def _target(args: argparse.Namespace, out: Path) -> Iterator[str]:
+def _target(args: argparse.Namespace, out: Path) -> Iterator[tuple[str, str]]:
+    """The gateway's root URL and the model name to ask it for."""
     if args.url:
         url: str = args.url.rstrip("/").removesuffix("/v1")
         if not url.startswith(("http://", "https://")):
             raise InvalidRequest(f"--url wants an http:// or https:// URL, got {args.url!r}.")
-        yield url
+        yield url, args.model or _served_model(url, args.api_key)
         return
     from loadtest.simulator import SimConfig, run_in_subprocess
     from loadtest.stack import start_gateway
@@ -105,7 +107,31 @@ def _target(args: argparse.Namespace, out: Path) -> Iterator[str]:
     with run_in_subprocess(config) as sim:
         env = {"HUAYU_DATABASE_URL": f"sqlite+aiosqlite:///{(out / 'store.db').resolve()}"}
         with start_gateway(sim.base_url, env, log=out / "gateway.log") as gateway:
-            yield gateway.url
+            yield gateway.url, args.model or config.model
+
+
+def _served_model(url: str, api_key: str) -> str:
+    """The first model the gateway at ``url`` lists (its base model comes first). Refuses a URL where
+    nothing answers HTTP: a run against nothing would only measure connection errors."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        listed = httpx.get(url + "/v1/models", headers=headers, timeout=10)
+    except httpx.HTTPError as e:
+        raise UpstreamUnavailable(
+            f"Nothing answers HTTP at {url} ({type(e).__name__}: {e}). Start the gateway first "
+            "(`make run` serves one at http://127.0.0.1:8080), pass the URL of a running one "
+            "(`make loadtest URL=...`, `huayu loadtest --url ...`), or use --with-simulator."
+        ) from None
+    try:
+        model = listed.json()["data"][0]["id"]
+    except (ValueError, LookupError, TypeError):
+        model = None
+    if listed.status_code != 200 or not isinstance(model, str):
+        raise UpstreamUnavailable(
+            f"{url}/v1/models answered {listed.status_code} without a model list "
+            f"({listed.text[:200]!r}); name the model with --model."
+        )
+    return model
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,10 +140,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     slo = Slo.load(args.slo)
     out: Path = args.out or DATA_DIR / "loadtest" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    with _target(args, out) as url, tempfile.TemporaryDirectory(prefix="huayu-loadtest-") as tmp:
+    with _target(args, out) as (url, model), tempfile.TemporaryDirectory(prefix="huayu-loadtest-") as tmp:
         samples_path, steps_path = out / "samples.jsonl", Path(tmp) / "steps.json"
         plan_path = Path(tmp) / "plan.json"
-        plan_path.write_bytes(plan_json(url, profile, samples_path, steps_path, args.model, args.api_key))
+        plan_path.write_bytes(plan_json(url, profile, samples_path, steps_path, model, args.api_key))
         limit = profile.deadline_s() + 60 + 0.1 * profile.expected_requests()  # images are made first
         try:
             done = subprocess.run([sys.executable, "-m", "loadtest.drive", str(plan_path)], timeout=limit, check=False)
@@ -129,6 +155,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     samples = [Sample.from_json(line) for line in samples_path.read_bytes().splitlines() if line.strip()]
     meta = {
         "url": "simulator + gateway (started for the run)" if args.with_simulator else url,
+        "model": model,
         "profile": profile.name,
         "date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine(),

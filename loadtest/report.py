@@ -48,7 +48,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# huayu load test: {'PASS' if v['pass'] else 'FAIL'}",
         "",
-        f"- target: {meta.get('url')} · profile {meta.get('profile')} · {meta.get('date')}",
+        f"- target: {meta.get('url')} · model {meta.get('model')} · profile {meta.get('profile')} · {meta.get('date')}",
         f"- client machine: {meta.get('machine')}",
         f"- SLO: TTFT p95 < {slo['ttft_p95_ms']:g} ms · cache hit p99 < {slo['cache_hit_p99_ms']:g} ms · "
         f"error rate < {slo['error_rate'] * 100:g}% · required at ≤ {slo['required_rps']:g} req/s",
