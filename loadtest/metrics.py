@@ -3,7 +3,9 @@
 TTFT runs from sending the request to the first chunk whose content is not empty (the role chunk
 and empty deltas do not count); E2E to the last byte, at the client. TPOT is
 (E2E - TTFT) / (output tokens - 1) per request; ITL is every gap between content chunks, pooled.
-Output tokens come from the server's ``usage``, never from counting chunks.
+Output tokens come from the server's ``usage``, never from counting chunks. A cache hit is an
+answer huayu took from its cache (``exact`` or ``near``); one that joined an identical request in
+flight (``coalesced``) waited for that generation, and is judged like a miss.
 """
 
 from __future__ import annotations
@@ -31,7 +33,17 @@ class Sample:
     ttft_ms: float | None = None
     output_tokens: int | None = None
     cached: bool | None = None
+    cache_kind: str | None = None  # huayu's cache.kind: exact, near or coalesced
     itl_ms: list[float] = field(default_factory=list)
+
+    @property
+    def cache_hit(self) -> bool:
+        """Answered from the cache itself (not by waiting for an identical request's generation)."""
+        return bool(self.cached) and self.cache_kind != "coalesced"
+
+    @property
+    def coalesced(self) -> bool:
+        return bool(self.cached) and self.cache_kind == "coalesced"
 
     @property
     def tpot_ms(self) -> float | None:
@@ -71,6 +83,7 @@ class StreamResult:
     itl_ms: list[float] = field(default_factory=list)
     output_tokens: int | None = None
     cached: bool | None = None
+    cache_kind: str | None = None
     finished: bool = False  # a chunk carried finish_reason
     done: bool = False  # the [DONE] line arrived
     error: str | None = None
@@ -135,7 +148,7 @@ class StreamReader:
             r.output_tokens = int(usage["completion_tokens"])
         huayu = chunk.get("huayu")
         if isinstance(huayu, dict) and "cached" in huayu:
-            r.cached = bool(huayu["cached"])
+            r.cached, r.cache_kind = huayu_cache(huayu)
 
     def close(self) -> StreamResult:
         """The result once the body has ended; a stream that ended early is an error."""
@@ -144,6 +157,13 @@ class StreamReader:
         if r.error is None and not (r.finished and r.done):
             r.error = "the stream ended before its last chunk" if not r.finished else "the stream ended without [DONE]"
         return r
+
+
+def huayu_cache(fields: dict[str, Any]) -> tuple[bool, str | None]:
+    """``cached`` and the cache's kind from huayu's fields of an answer."""
+    cache = fields.get("cache")
+    kind = cache.get("kind") if isinstance(cache, dict) else None
+    return bool(fields.get("cached")), kind if isinstance(kind, str) else None
 
 
 def read_stream(chunks: Iterable[tuple[float, bytes]], sent_at: float) -> StreamResult:

@@ -78,7 +78,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "TTFT: sending to the first non-empty content chunk (streams). E2E: sending to the last byte. "
         "TPOT: (E2E - TTFT) / (output tokens - 1). ITL: gaps between content chunks, pooled. "
-        "Output tokens from the server's `usage`. Goodput: requests meeting every target, per second.",
+        "Output tokens from the server's `usage`. Goodput: requests meeting every target, per second. "
+        "Cache hit: answered from huayu's cache (exact or near); a request that joined an identical one in "
+        "flight (coalesced) waited for its generation and is judged like a miss.",
         "",
     ]
     return "\n".join(lines)

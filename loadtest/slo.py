@@ -62,7 +62,7 @@ class Slo:
             return False
         if s.stream and (s.ttft_ms is None or s.ttft_ms > self.ttft_p95_ms):
             return False
-        return not (s.cached and s.e2e_ms > self.cache_hit_p99_ms)
+        return not (s.cache_hit and s.e2e_ms > self.cache_hit_p99_ms)
 
 
 def _pcts(values: Sequence[float]) -> dict[str, float | None]:
@@ -77,7 +77,8 @@ def summarize_step(samples: Sequence[Sample], slo: Slo, offered_rps: float, seco
     """Every figure of one load step, and its checks against the SLO."""
     done = [s for s in samples if s.ok]
     streams = [s for s in done if s.stream and s.ttft_ms is not None]
-    hits = [s for s in done if s.cached]
+    hits = [s for s in done if s.cache_hit]
+    joined = [s for s in done if s.coalesced]  # waited for an identical request's generation
     misses = [s for s in done if s.cached is False]
     tpots = [t for s in done if (t := s.tpot_ms) is not None]
     tokens = [s.output_tokens for s in done if s.output_tokens is not None]
@@ -117,7 +118,8 @@ def summarize_step(samples: Sequence[Sample], slo: Slo, offered_rps: float, seco
         "e2e_ms": _pcts([s.e2e_ms for s in done]) | {"n": len(done)},
         "cache_hit_e2e_ms": hit_e2e | {"n": len(hits)},
         "cache_miss_e2e_ms": _pcts([s.e2e_ms for s in misses]) | {"n": len(misses)},
-        "cache_hit_rate": round(len(hits) / (len(hits) + len(misses)), 4) if hits or misses else None,
+        "coalesced_e2e_ms": _pcts([s.e2e_ms for s in joined]) | {"n": len(joined)},
+        "cache_hit_rate": round(len(hits) / known, 4) if (known := len(hits) + len(joined) + len(misses)) else None,
         "tpot_ms": _pcts(tpots) | {"n": len(tpots)},
         "itl_ms": _pcts([g for s in done for g in s.itl_ms]),
         "output_tokens": {"total": sum(tokens), "mean": _round(sum(tokens) / len(tokens)) if tokens else None},

@@ -16,7 +16,7 @@ import orjson
 from locust import HttpUser, task
 
 from loadtest.images import ImagePool
-from loadtest.metrics import Sample, StreamReader
+from loadtest.metrics import Sample, StreamReader, huayu_cache
 from loadtest.profiles import Profile
 
 
@@ -116,7 +116,8 @@ class _Recording(HttpUser):
                     reader.feed(data, time.perf_counter())
                 result = reader.close()
                 sample.ttft_ms, sample.itl_ms = result.ttft_ms, [round(g, 3) for g in result.itl_ms]
-                sample.output_tokens, sample.cached, sample.error = result.output_tokens, result.cached, result.error
+                sample.output_tokens, sample.error = result.output_tokens, result.error
+                sample.cached, sample.cache_kind = result.cached, result.cache_kind
             else:
                 content = response.content  # read whole: E2E runs to the last byte
                 sample.error = _json_fields(sample, content, response.status_code)
@@ -143,7 +144,7 @@ def _json_fields(sample: Sample, content: bytes | None, status: int) -> str | No
     sample.output_tokens = usage.get("completion_tokens")
     huayu = data.get("huayu") if "huayu" in data else data  # chat answers nest huayu's fields
     if isinstance(huayu, dict) and "cached" in huayu:
-        sample.cached = bool(huayu["cached"])
+        sample.cached, sample.cache_kind = huayu_cache(huayu)
     return None
 
 

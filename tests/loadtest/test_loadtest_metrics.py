@@ -38,6 +38,20 @@ def test_ttft_counts_from_the_first_non_empty_content_chunk() -> None:
     assert r.cached is False and r.error is None and r.text == "Ink wash mountains"
 
 
+@pytest.mark.parametrize(
+    ("cache", "hit", "joined"),
+    [({"kind": "exact", "distance": 0}, True, False), ({"kind": "near", "distance": 4}, True, False),
+     ({"kind": "coalesced", "distance": 0}, False, True)],
+)  # fmt: skip
+def test_a_coalesced_answer_is_not_a_cache_hit(cache: dict[str, object], hit: bool, joined: bool) -> None:
+    stream = [(1.1, chunk("Ink")), (1.2, chunk(finish="stop", huayu={"cached": True, "cache": cache}) + DONE)]
+    r = read_stream(stream, sent_at=1.0)
+    assert r.cached is True and r.cache_kind == cache["kind"]
+    sample = Sample(kind="visitor", step=0, start_s=0.0, e2e_ms=200.0, ok=True, cached=True, cache_kind=r.cache_kind)
+    assert (sample.cache_hit, sample.coalesced) == (hit, joined)
+    assert Sample.from_json(sample.to_json()) == sample
+
+
 def test_events_split_across_reads_are_timed_by_the_read_that_completes_them() -> None:
     whole = chunk("山水") + chunk(finish="stop") + usage(1) + DONE
     r = read_stream([(1.010, whole[:7]), (1.250, whole[7:30]), (1.300, whole[30:])], sent_at=1.0)

@@ -12,11 +12,11 @@ from loadtest.metrics import Sample
 from loadtest.slo import Slo, summarize_step, verdict
 
 
-def visitor(ttft: float, e2e: float = 900.0, ok: bool = True, cached: bool = False) -> Sample:
+def visitor(ttft: float, e2e: float = 900.0, ok: bool = True, cached: bool = False, kind: str = "exact") -> Sample:
     return Sample(
         kind="visitor", step=0, start_s=0.0, e2e_ms=e2e, ok=ok, status=200 if ok else 503,
         error=None if ok else "HTTP 503: busy", stream=True, ttft_ms=ttft if ok else None,
-        output_tokens=100 if ok else None, cached=cached if ok else None,
+        output_tokens=100 if ok else None, cached=cached if ok else None, cache_kind=kind if cached else None,
     )  # fmt: skip
 
 
@@ -59,6 +59,19 @@ def test_slow_cache_hits_fail_and_no_hits_is_not_judged() -> None:
     assert step["checks"]["cache_hit_p99_ms"]["pass"] is False and not step["pass"]
     no_hits = summarize_step([visitor(100.0)], Slo(), offered_rps=1.0, seconds=1.0)
     assert no_hits["checks"]["cache_hit_p99_ms"]["pass"] is None and no_hits["pass"] is True
+
+
+def test_a_request_that_joined_a_generation_in_flight_is_judged_like_a_miss() -> None:
+    # 3 repeats arrived while their image was being described: they waited ~the generation's time
+    joined = [visitor(700.0, e2e=750.0, cached=True, kind="coalesced") for _ in range(3)]
+    samples = [visitor(100.0) for _ in range(45)] + [visitor(10.0, e2e=20.0, cached=True) for _ in range(2)] + joined
+    step = summarize_step(samples, Slo(), offered_rps=5.0, seconds=10.0)
+    assert step["cache_hit_e2e_ms"]["n"] == 2 and step["cache_hit_e2e_ms"]["p99"] == 20.0
+    assert step["checks"]["cache_hit_p99_ms"]["pass"] is True
+    assert step["coalesced_e2e_ms"]["n"] == 3 and step["coalesced_e2e_ms"]["p50"] == 750.0
+    assert step["cache_hit_rate"] == 0.04  # 2 of 50
+    assert step["ttft_ms"]["p99"] == 700.0  # their first tokens count among the streams'
+    assert step["goodput_rps"] == 4.7  # the 3 miss the TTFT target, not the cache-hit one
 
 
 def test_verdict_needs_every_step_up_to_the_required_rate() -> None:
