@@ -1,7 +1,9 @@
 """Which model names a client may ask for: the base model, its LoRA adapters, and style aliases.
 
 A client that can only set ``model`` picks a style with ``<model>:<style>``; adapters are whatever
-the model server lists besides the base model (read from its /v1/models, briefly cached).
+the model server lists besides the base model (read from its /v1/models, briefly cached). ``qwen-vl``,
+the name the documentation and the GPU presets use, always means the base model, whatever the model
+server calls it: a client written against production also runs against ``make run``'s tiny model.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Any
 from gateway.errors import HuayuError, NotFound
 from gateway.styles import StyleRegistry
 from gateway.upstream import Upstream
+
+DOCUMENTED_NAME = "qwen-vl"
 
 
 class ModelCatalog:
@@ -42,7 +46,7 @@ class ModelCatalog:
         head, _, style = name.partition(":")
         if style and style not in self.styles:
             self.styles.get(style)  # raises the unknown-style error listing the valid ones
-        if head == self.base:
+        if head == self.base or head == DOCUMENTED_NAME:
             return (style or None), None
         if head in await self.adapters():
             return (style or None), head

@@ -21,7 +21,7 @@ router = APIRouter(tags=["huayu"])
 async def predict(model: str, request: Request) -> Response:
     body = await read_json(request, PredictRequest)
     svc = await services(request)
-    alias_style, adapter = await svc.catalog.resolve(_predict_model(model, svc))
+    alias_style, adapter = await svc.catalog.resolve(model)
     job = make_job(
         svc,
         image=await image_source(body.image, svc),
@@ -44,14 +44,6 @@ async def predict(model: str, request: Request) -> Response:
     charge_usage(request, result)
     answer = PredictResponse.model_validate(result.predict_body())
     return Response(answer.model_dump_json(), media_type="application/json")
-
-
-def _predict_model(model: str, svc: Services) -> str:
-    # "qwen-vl" is the documented route name; it means whatever base model the server runs
-    head, sep, style = model.partition(":")
-    if head == "qwen-vl":
-        return svc.settings.upstream_model + sep + style
-    return model
 
 
 @router.post("/v1/describe", response_model=PredictResponse)

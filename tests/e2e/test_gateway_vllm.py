@@ -114,6 +114,17 @@ def test_openai_sdk_stream_and_non_stream(sdk: openai.OpenAI) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
 
+def test_the_documented_model_name_means_the_base_model(sdk: openai.OpenAI, vllm_server: VllmServer) -> None:
+    # the README's examples say "qwen-vl"; `make run` without a GPU serves the tiny model under its own name
+    assert vllm_server.model != "qwen-vl"
+    messages = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(jpeg(seed=4))}}]}]
+    for model in ("qwen-vl", "qwen-vl:alt_text"):
+        reply = sdk.chat.completions.create(model=model, messages=messages, max_tokens=8, extra_body={"cache": False})
+        assert reply.choices[0].message.content and reply.model == model
+        huayu = (reply.model_extra or {})["huayu"]
+        assert huayu["style"] == ("alt_text" if ":" in model else "curator") and huayu["adapter"] is None
+
+
 def test_models_lists_the_real_model_adapter_and_aliases(http: httpx.Client, vllm_server: VllmServer) -> None:
     ids = {m["id"] for m in http.get("/v1/models").json()["data"]}
     assert {vllm_server.model, vllm_server.startup_adapter, f"{vllm_server.model}:kids_guide"} <= ids
