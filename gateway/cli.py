@@ -27,7 +27,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings()
     log_to_stderr(settings.log_level)
-    run(create_app(settings), args.host or settings.host, args.port or settings.port, access_log=args.access_log)
+    host, port = args.host or settings.host, args.port or settings.port
+    run(create_app(settings), host, port, access_log=args.access_log, read_timeout_s=settings.client_read_timeout_s)
     return 0
 
 

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
 
     # --- admission ---
     max_in_flight: int = Field(512, description="Requests in flight per process before 429.")
+    client_read_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client may take to send a request's head, or between two pieces of its "
+        "body, before the gateway answers 408 and closes the connection.",
+    )
 
     # --- keys and limits (see the README's Security section) ---
     api_keys: str = Field(

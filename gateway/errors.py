@@ -11,7 +11,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.requests import ClientDisconnect
+from starlette.responses import JSONResponse, Response
 
 log = logging.getLogger("huayu.errors")
 
@@ -164,6 +165,13 @@ def install_handlers(app: FastAPI) -> None:
         if exc.status_code == 405:
             err.code = "method_not_allowed"
         return render(request, err)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> Response:
+        # the caller left, or its body stopped arriving (the server answered 408), before the request
+        # was read: nobody to answer, nothing gone wrong here. Counted under nginx's 499.
+        request.state.error_code = "client_disconnected"
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -98,7 +98,7 @@ def run_stack(preset: str | None, gateway_port: int, model_port: int) -> int:
             flush=True,
         )
         log_to_stderr(settings.log_level)
-        run(create_app(settings), settings.host, gateway_port)
+        run(create_app(settings), settings.host, gateway_port, read_timeout_s=settings.client_read_timeout_s)
     finally:
         print("stopping the model server ...", flush=True)
         server.stop()

@@ -19,6 +19,11 @@ nginx terminates it).
   chunked; writing waits while the client is slow to read. A client gone mid-response makes the app's
   next ``receive()`` answer ``http.disconnect`` and its sends no-ops.
 - Idle keep-alive connections close after ``keepalive_s`` (one sweep a second, no timer per request).
+  A client that keeps the gateway waiting is cut off after ``read_timeout_s`` with a 408 where no
+  response has begun: a request head not complete by then, or a body the app waits for with nothing
+  new arriving for as long (the gap, as nginx's ``client_body_timeout``; time that reading was paused
+  by the server itself does not count). Without it, a client that declares a body and stops sending
+  would hold its request, and one of the gateway's in-flight places, until it disconnects.
 - ``Server.serve()`` runs the app's lifespan, listens, and on ``shutdown()`` (or SIGINT/SIGTERM with
   ``run()``) stops listening, lets requests in flight finish for up to ``graceful_s``, then closes what
   is left and runs the lifespan's shutdown.
@@ -265,7 +270,8 @@ class _Connection(asyncio.Protocol):
         self.parsing: _Exchange | None = None  # the request being read
         self.running: _Exchange | None = None  # the request the app is answering
         self.queue: deque[_Exchange] = deque()  # pipelined requests waiting for their turn
-        self.idle_since = self.loop.time()
+        self.idle_since = self.last_read = self.loop.time()
+        self.head_started: float | None = None  # the first byte of a request head not yet complete
         self.read_paused = False
         self.write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -299,6 +305,7 @@ class _Connection(asyncio.Protocol):
         return None  # close our side too
 
     def data_received(self, data: bytes) -> None:
+        self.last_read = self.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -332,6 +339,7 @@ class _Connection(asyncio.Protocol):
     # ---- parser callbacks ----
 
     def on_message_begin(self) -> None:
+        self.head_started = self.last_read
         self.url = b""
         self.headers = []
         self.head_bytes = 0
@@ -349,6 +357,7 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
+        self.head_started = None
         parser = self.parser
         parsed = httptools.parse_url(self.url)
         raw_path: bytes = parsed.path
@@ -433,6 +442,7 @@ class _Connection(asyncio.Protocol):
             if self.queue or (self.running is not None and self.running.buffered > HIGH_WATER):
                 return
             self.read_paused = False
+            self.last_read = self.loop.time()  # the client's silence while paused was the server's doing
             self.transport.resume_reading()
 
     def busy(self) -> bool:
@@ -442,6 +452,33 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and not self.closing:
             self.closing = True
             self.transport.close()
+
+    def sweep(self, now: float) -> None:
+        """Closes the connection if its client has kept it waiting too long (see the module's notes)."""
+        if self.closing:
+            return
+        limit = self.server.read_timeout_s
+        if self.head_started is not None:
+            # a head while a response is still running is the next pipelined request: judged after it
+            if self.running is None and now - self.head_started > limit:
+                self._timed_out(None)
+            return
+        ex = self.parsing
+        if ex is not None:
+            if not self.read_paused and now - self.last_read > limit:
+                self._timed_out(ex)
+            return
+        if not self.busy() and now - self.idle_since > self.server.keepalive_s:
+            self.close()
+
+    def _timed_out(self, ex: _Exchange | None) -> None:
+        if ex is None or not ex.started:
+            self.write(_plain(408, f"The request did not arrive within {self.server.read_timeout_s:g} s."))
+            if ex is not None:
+                ex.status = 408
+        if ex is not None:
+            ex.lost()  # the app's receive() answers http.disconnect; whatever it sends goes nowhere
+        self.close()
 
     def _refuse(self, status: int, text: str) -> None:
         if self.running is None:
@@ -464,6 +501,7 @@ class Server:
         port: int = 8080,
         *,
         keepalive_s: float = 75.0,
+        read_timeout_s: float = 60.0,
         graceful_s: float = 10.0,
         access_log: bool = False,
         backlog: int = 2048,
@@ -472,6 +510,7 @@ class Server:
         self.host = host
         self.port = port
         self.keepalive_s = keepalive_s
+        self.read_timeout_s = read_timeout_s
         self.graceful_s = graceful_s
         self.access_log = access_log
         self.backlog = backlog
@@ -543,8 +582,7 @@ class Server:
             self._tick()
             now = self.loop.time()
             for conn in list(self.connections):
-                if not conn.busy() and now - conn.idle_since > self.keepalive_s:
-                    conn.close()
+                conn.sweep(now)
 
 
 class _Lifespan:

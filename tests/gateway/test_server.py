@@ -45,10 +45,15 @@ class App:
                     return
         path = scope["path"]
         self.seen.append(path)
-        if path.startswith("/echo"):
+        if path.startswith(("/echo", "/late-echo")):
+            if path.startswith("/late-echo"):
+                await asyncio.sleep(2.5)  # busy elsewhere: the body waits, reading paused past HIGH_WATER
             body, parts = b"", 0
             while True:
                 message = await receive()
+                if message["type"] == "http.disconnect":
+                    self.disconnects += 1
+                    return
                 body += message.get("body", b"")
                 parts += 1
                 if not message.get("more_body"):
@@ -249,6 +254,63 @@ def test_idle_keep_alive_connections_are_closed(app: App) -> None:
         while server.connections:  # forgotten once the loop has run connection_lost
             assert time.monotonic() < deadline, "the closed connection is still counted"
             time.sleep(0.01)
+
+
+def _until_closed(s: socket.socket) -> bytes:
+    s.settimeout(5)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data
+
+
+TIMED_OUT = b"The request did not arrive within 1 s."
+
+
+def test_a_request_head_not_complete_in_time_gets_a_408(app: App) -> None:
+    with running(app, read_timeout_s=1.0) as server, _conn(server.port) as s:
+        started = time.monotonic()
+        s.sendall(b"GET /x HTTP/1.1\r\nhost: x\r\n")
+        for _ in range(4):  # trickling keeps bytes coming, but the head is not complete in time
+            time.sleep(0.4)
+            s.sendall(b"x-slow: 1\r\n")
+        answer = _until_closed(s)
+        assert answer.startswith(b"HTTP/1.1 408 ") and answer.endswith(TIMED_OUT)
+        assert b"connection: close" in answer and time.monotonic() - started < 4
+    assert app.seen == []
+
+
+def test_a_body_that_stops_arriving_gets_a_408_and_the_app_a_disconnect(app: App) -> None:
+    with running(app, read_timeout_s=1.0) as server, _conn(server.port) as s:
+        started = time.monotonic()
+        s.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n" + b"a" * 10)
+        answer = _until_closed(s)
+        assert answer.startswith(b"HTTP/1.1 408 ") and answer.endswith(TIMED_OUT)
+        assert 1.0 <= time.monotonic() - started < 4
+    deadline = time.monotonic() + 5
+    while app.disconnects < 1:
+        assert time.monotonic() < deadline, "the app did not hear that its request was given up"
+        time.sleep(0.01)
+
+
+def test_a_slow_steady_body_and_a_body_the_app_reads_late_are_not_cut(app: App) -> None:
+    with running(app, read_timeout_s=1.0) as server:
+        with _conn(server.port) as s:  # each gap under the limit, 2.4 s in all
+            s.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 30\r\n\r\n")
+            for _ in range(6):
+                time.sleep(0.4)
+                s.sendall(b"b" * 5)
+            [answer] = _responses(s, 1)
+            assert answer.startswith(b"HTTP/1.1 200 ") and b"30 bytes in" in answer
+        size = 3 * HIGH_WATER  # the app reads it 2.5 s late: meanwhile the server has paused reading
+        with _conn(server.port) as s:
+            head = b"POST /late-echo HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % size
+            sender = threading.Thread(target=s.sendall, args=(head + b"c" * size,))
+            sender.start()
+            [answer] = _responses(s, 1)
+            sender.join(5)
+            assert answer.startswith(b"HTTP/1.1 200 ") and b"%d bytes in" % size in answer
+    assert app.disconnects == 0
 
 
 def test_shutdown_lets_requests_in_flight_finish_and_runs_the_lifespan(app: App) -> None:

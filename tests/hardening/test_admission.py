@@ -3,15 +3,20 @@ answers while the client has sent only part of its request."""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
+import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
+from gateway.app import create_app
 from tests.hardening.conftest import GatewayFactory
 from tests.media import b64, jpeg
-from tests.servers import Sim
+from tests.servers import Sim, gateway_settings, running
 
 
 def _connect(client: httpx.Client) -> socket.socket:
@@ -76,3 +81,44 @@ def test_a_huge_body_gets_413_with_a_clear_message(gateway: GatewayFactory) -> N
         r = client.post("/v1/models/qwen-vl:predict", content=b"{" + b" " * (2 << 20) + b"}")
         assert r.status_code == 413
         assert "larger than the limit of 1048576 bytes" in r.json()["error"]["message"]
+
+
+def _until_closed(sock: socket.socket) -> bytes:
+    sock.settimeout(10)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def _series(metrics: str, prefix: str) -> list[str]:
+    return [line for line in metrics.splitlines() if line.startswith(prefix)]
+
+
+@pytest.mark.parametrize("how", ["stalls", "leaves"])
+def test_a_body_that_never_arrives_frees_its_place_without_an_error(
+    sim_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """A client that declares a body and stalls gets a 408 after the read timeout; one that leaves
+    mid-body is simply gone. Either way the request gives back its in-flight place, and it counts as
+    the caller's leaving (499), not as a gateway error with a traceback."""
+    app = create_app(gateway_settings(sim_url, tmp_path, store_enabled=False))
+    with running(app, read_timeout_s=1.0) as server, httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as client:
+        with _connect(client) as sock:
+            sock.sendall(_head("/v1/chat/completions", "content-length: 100000\r\n") + b'{"model": "qwen-vl"')
+            if how == "stalls":
+                answer = _until_closed(sock)
+                assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 1 s" in answer
+            else:
+                time.sleep(0.3)  # the app is reading the body by now
+        deadline = time.monotonic() + 10
+        while True:
+            metrics = client.get("/metrics").text
+            if _series(metrics, 'huayu_requests_total{route="/v1/chat/completions",status="499"'):
+                break
+            assert time.monotonic() < deadline, _series(metrics, "huayu_requests_total")
+            time.sleep(0.05)
+        assert _series(metrics, "huayu_requests_in_flight") == ["huayu_requests_in_flight 0.0"]
+        assert _series(metrics, 'huayu_errors_total{code="client_disconnected"}') != []
+        assert not _series(metrics, 'huayu_requests_total{route="/v1/chat/completions",status="500"')
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
