@@ -231,8 +231,14 @@ class _Exchange:
             self.conn.close()
             raise
         except Exception as exc:
-            log.error("exception in the ASGI app", exc_info=exc)
-            self._failed()
+            if self.complete:
+                # raised after a whole response went out, as Starlette re-raises once its error handler
+                # has answered (and huayu's has logged it): the client has its answer, the connection
+                # stays usable
+                log.debug("exception in the ASGI app after its response: %r", exc)
+            else:
+                log.error("exception in the ASGI app", exc_info=exc)
+                self._failed()
         else:
             if not self.complete and not self.disconnected:
                 log.error(

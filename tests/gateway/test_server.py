@@ -88,6 +88,9 @@ class App:
             await _answer(send, 200, b"slow done")
         elif path == "/boom":
             raise RuntimeError("boom")
+        elif path == "/boom-after":  # as Starlette does: its error handler answers, then it re-raises
+            await _answer(send, 500, b"handled")
+            raise RuntimeError("boom, answered already")
         elif path == "/boom-late":
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"100")]})
             raise RuntimeError("boom after the head")
@@ -219,6 +222,14 @@ def test_app_errors_become_a_500_or_a_cut_response(app: App) -> None:
         with pytest.raises(httpx.RemoteProtocolError):
             client.get("/boom-late")  # 100 bytes promised, none sent: the connection is closed
         assert client.get("/fine").text == "hello /fine"
+
+
+def test_an_error_raised_after_a_whole_response_keeps_the_connection(app: App) -> None:
+    with running(app) as server, _conn(server.port) as s:
+        s.sendall(b"GET /boom-after HTTP/1.1\r\nhost: x\r\n\r\nGET /next HTTP/1.1\r\nhost: x\r\n\r\n")
+        handled, after = _responses(s, 2)
+        assert handled.startswith(b"HTTP/1.1 500 ") and handled.endswith(b"handled")
+        assert b"connection: close" not in handled and after.endswith(b"hello /next")
 
 
 def test_a_response_before_the_body_is_read_leaves_the_connection_usable(app: App) -> None:
