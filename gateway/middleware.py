@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import HuayuError, PayloadTooLarge, RateLimited
+from gateway.errors import HuayuError, InvalidRequest, PayloadTooLarge, RateLimited
 from gateway.metrics import GatewayMetrics
 
 
@@ -60,6 +60,13 @@ class GatewayMiddleware:
             )
             await _send_error(send, refused)
             self._observe(scope, "refused", 429, started, refused.code)
+            return
+
+        if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+            # no id, filter or name holds one, and PostgreSQL refuses it in any text it is compared with
+            bad = InvalidRequest("The request's URL contains a NUL character (%00); remove it.", code="invalid_url")
+            await _send_error(send, bad)
+            self._observe(scope, "refused", 400, started, bad.code)
             return
 
         declared = _content_length(scope)

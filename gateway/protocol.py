@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ArtworkMetadata(BaseModel):
@@ -16,6 +16,13 @@ class ArtworkMetadata(BaseModel):
     medium: str | None = Field(None, max_length=500)
     dimensions: str | None = Field(None, max_length=200)
     collection: str | None = Field(None, max_length=500)
+
+    @field_validator("year")
+    @classmethod
+    def _year_length(cls, value: str | int | None) -> str | int | None:
+        if isinstance(value, str) and len(value) > 100:
+            raise ValueError("at most 100 characters")  # as the upload form's year
+        return value
 
     def as_strings(self) -> dict[str, str]:
         return {k: str(v) for k, v in self.model_dump().items() if v is not None and str(v).strip()}

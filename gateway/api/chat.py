@@ -23,6 +23,45 @@ from gateway.security import tenant_of
 
 router = APIRouter(tags=["openai"])
 
+# OpenAI fields that change nothing in a description: accepted and let be
+_HARMLESS = frozenset({"user", "store", "service_tier", "parallel_tool_calls"})
+# OpenAI fields that would change the answer, which huayu does not apply: refused rather than ignored
+_UNSUPPORTED = frozenset(
+    {
+        "tools", "tool_choice", "functions", "function_call", "response_format", "logprobs", "top_logprobs",
+        "stop", "seed", "frequency_penalty", "presence_penalty", "logit_bias", "audio", "modalities",
+        "prediction", "reasoning_effort", "web_search_options",
+    }
+)  # fmt: skip
+_ACCEPTED = (
+    "model, messages, stream, stream_options, max_tokens, max_completion_tokens, temperature, top_p, n, "
+    "and huayu's style, language, artwork, cache, priority"
+)
+MAX_REQUEST_CHARS = 4000  # the caller's own words, as the predict route's prompt
+
+
+def _refuse_extra(extra: dict[str, Any]) -> None:
+    """A field the route does not read is refused with what it accepts, not dropped: a misspelt
+    ``styel`` or the predict route's ``metadata`` would else be answered in the default style, without
+    the catalogue fields the caller meant to send."""
+    names = sorted(set(extra) - _HARMLESS)
+    if not names:
+        return
+    if "metadata" in names:
+        message = (
+            "The chat route takes the artwork's catalogue fields as `artwork` "
+            '({"title", "artist", "year", "medium", "dimensions", "collection"}); `metadata` is the predict '
+            "route's name for them."
+        )
+    elif unsupported := [n for n in names if n in _UNSUPPORTED]:
+        message = (
+            f"{', '.join(unsupported)}: not supported by huayu, which writes one description per request "
+            f"with its style's sampling. Accepted: {_ACCEPTED}."
+        )
+    else:
+        message = f"Unknown field{'s' if len(names) > 1 else ''} {', '.join(names)}. Accepted: {_ACCEPTED}."
+    raise InvalidRequest(message, param=names[0], code="unsupported_field")
+
 
 async def _image_source(urls: list[str], svc: Services) -> bytes | EncodedImage:
     if not urls:
@@ -44,9 +83,18 @@ async def _image_source(urls: list[str], svc: Services) -> bytes | EncodedImage:
 @router.post("/v1/chat/completions", response_model=None, openapi_extra=json_body(ChatCompletionRequest))
 async def chat_completions(request: Request) -> Response:
     body = await read_json(request, ChatCompletionRequest)
+    if body.model_extra:
+        _refuse_extra(body.model_extra)
     svc = await services(request)
     alias_style, adapter = await svc.catalog.resolve(body.model)
     text, urls = caller_request(body.messages)
+    if text is not None and len(text) > MAX_REQUEST_CHARS:
+        raise InvalidRequest(
+            f"The request's own text is {len(text)} characters; at most {MAX_REQUEST_CHARS} are accepted "
+            "(the style writes the rest of the prompt).",
+            param="messages",
+            code="prompt_too_long",
+        )
     job = make_job(
         svc,
         image=await _image_source(urls, svc),
@@ -70,7 +118,7 @@ async def chat_completions(request: Request) -> Response:
 
     events = svc.describer.stream(job)
     first = await events.__anext__()  # errors before the first event still get their HTTP status
-    include_usage = bool((body.stream_options or {}).get("include_usage"))
+    include_usage = (body.stream_options or {}).get("include_usage") is True
     return EventStream(
         _sse(first, events, body.model, include_usage, request),
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},

@@ -31,6 +31,10 @@ def make_job(
     source: str | None = None,
     tenant: str = "public",
 ) -> Job:
+    for name, value in metadata.items():
+        refuse_unstorable(value, name)
+    if request is not None:
+        refuse_unstorable(request, "prompt")
     settings = svc.settings
     chosen = svc.styles.get(style)
     lang = language or settings.default_language
@@ -79,6 +83,18 @@ async def image_source(value: str, svc: Services) -> bytes | EncodedImage:
             code="image_url_refused",
         )
     return EncodedImage(value)
+
+
+def refuse_unstorable(value: str, param: str) -> None:
+    """A text the results store could not keep (PostgreSQL's text and JSON types hold no U+0000) is
+    refused here, before a description is made from it; else the caller would have an answer whose
+    record is then refused by the database."""
+    if "\x00" in value:
+        raise InvalidRequest(
+            f"{param} contains a NUL character (U+0000), which a stored description cannot hold; remove it.",
+            param=param,
+            code="invalid_text",
+        )
 
 
 def charge_usage(request: Request, result: Result) -> None:

@@ -50,6 +50,15 @@ def check_rating(rating: object, *, param: str = "rating") -> float:
 def _check_text(value: object, param: str, limit: int, *, empty_ok: bool = False) -> str:
     if not isinstance(value, str) or (not empty_ok and not value.strip()) or len(value) > limit:
         raise Unprocessable(f"{param} must be a non-empty text of at most {limit} characters.", param=param)
+    if "\x00" in value:
+        raise Unprocessable(f"{param} contains a NUL character (U+0000), which no database text holds.", param=param)
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a JSON escape such as \ud800 with no partner: not a character at all
+        raise Unprocessable(
+            f"{param} contains an unpaired UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair).",
+            param=param,
+        ) from None
     return value
 
 

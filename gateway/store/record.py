@@ -6,7 +6,7 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,6 +76,36 @@ class DescriptionRecord:
     tenant: str | None = None
     created_at: datetime = field(default_factory=utcnow)
     cached: bool = False
+
+
+def without_nul(rec: DescriptionRecord) -> DescriptionRecord:
+    """``rec`` with every U+0000 taken out of its texts, or ``rec`` itself when it has none. PostgreSQL's
+    text and JSON types cannot hold one, and a model's answer may carry one (the request's own texts
+    are refused before a description is made: ``gateway/api/jobs.py``)."""
+    fields = ("text", "prompt", "metadata", "messages", "safety")
+    if not any(_has_nul(getattr(rec, name)) for name in fields):
+        return rec
+    return replace(rec, **{name: _no_nul(getattr(rec, name)) for name in fields})
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _no_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nul(v) for v in value]
+    return value
 
 
 def first_of_each_artwork(recs: list[DescriptionRecord]) -> dict[str, DescriptionRecord]:

@@ -19,7 +19,7 @@ from . import queries as q
 from .engine import in_memory, is_outage, make_engine, normalize_url, upgrade
 from .metrics import StoreMetrics
 from .queries import DescriptionFilter
-from .record import DescriptionRecord, record_problem
+from .record import DescriptionRecord, record_problem, without_nul
 from .sqlite_batch import SqliteBatches
 from .writer import Writer
 
@@ -124,6 +124,7 @@ class ResultStore:
     def record(self, rec: DescriptionRecord) -> None:
         """Queue ``rec`` for writing; returns at once and never raises."""
         try:
+            rec = without_nul(rec)
             problem = record_problem(rec)
             if problem is not None:
                 self.metrics.dropped.labels("invalid").inc()

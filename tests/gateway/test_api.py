@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import io
+import time
 from pathlib import Path
 
 import httpx
@@ -238,6 +239,66 @@ def test_unknown_style_is_400_and_lists_the_styles(client: httpx.Client) -> None
     assert r.status_code == 400
     err = _error(r)
     assert err["code"] == "unknown_style" and "academic" in str(err["message"])
+
+
+def test_texts_a_stored_description_cannot_hold_are_refused(client: httpx.Client, sim: Sim) -> None:
+    image = b64(jpeg(seed=12))
+    nul_title = {"image": image, "metadata": {"title": "a\u0000b"}}
+    for path, body, param in (
+        ("/v1/models/qwen-vl:predict", nul_title, "title"),
+        ("/v1/models/qwen-vl:predict", {"image": image, "prompt": "x\u0000"}, "prompt"),
+        ("/v1/chat/completions", {"model": "qwen-vl", "messages": _user(jpeg(seed=12), "x\u0000y")}, "prompt"),
+    ):
+        r = client.post(path, json=body)
+        assert r.status_code == 400, r.text
+        err = _error(r)
+        assert err["code"] == "invalid_text" and err["param"] == param and "NUL character" in str(err["message"])
+    r = client.post("/v1/describe", files={"file": ("p.jpg", jpeg(seed=12), "image/jpeg")}, data={"title": "a\x00"})
+    assert r.status_code == 400 and _error(r)["code"] == "invalid_text"
+    assert sim.requests() == []  # refused before the model was asked
+    for url in ("/v1/descriptions?style=a%00", "/v1/descriptions/desc_a%00b", "/v1/export?artwork_id=%00"):
+        r = client.get(url)
+        assert r.status_code == 400 and _error(r)["code"] == "invalid_url", url
+    did = client.post("/v1/models/qwen-vl:predict", json={"image": image}).json()["id"]
+    deadline = time.monotonic() + 10
+    while client.get(f"/v1/descriptions/{did}").status_code == 404:  # written off the request path
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    lone = b'{"rating": 4, "comment": "a\\ud800"}'  # a JSON escape of half a surrogate pair
+    r = client.post(f"/v1/descriptions/{did}/feedback", content=lone, headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "unpaired UTF-16 surrogate" in str(_error(r)["message"])
+    r = client.patch(f"/v1/descriptions/{did}", json={"text": "a\u0000"})
+    assert r.status_code == 422 and "NUL character" in str(_error(r)["message"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "words"),
+    [
+        ({"metadata": {"title": "Venus of Urbino"}}, "metadata", "catalogue fields as `artwork`"),
+        ({"styel": "academic"}, "styel", "Unknown field styel. Accepted: model, messages"),
+        ({"seed": 7}, "seed", "seed: not supported by huayu"),
+        ({"response_format": {"type": "json_object"}}, "response_format", "not supported"),
+    ],
+)
+def test_chat_fields_the_gateway_does_not_apply_are_refused(
+    client: httpx.Client, sim: Sim, extra: dict[str, object], param: str, words: str
+) -> None:
+    body = {"model": "qwen-vl", "messages": _user(jpeg(seed=13))} | extra
+    r = client.post("/v1/chat/completions", json=body)
+    assert r.status_code == 400, r.text
+    err = _error(r)
+    assert err["code"] == "unsupported_field" and err["param"] == param and words in str(err["message"])
+    assert sim.requests() == []
+
+
+def test_harmless_openai_fields_are_accepted_and_long_texts_refused(client: httpx.Client, sim: Sim) -> None:
+    body = {"model": "qwen-vl", "messages": _user(jpeg(seed=14)), "user": "visitor-7", "store": False}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    long_text = {"model": "qwen-vl", "messages": _user(jpeg(seed=14), "说" * 4001)}
+    r = client.post("/v1/chat/completions", json=long_text)
+    assert r.status_code == 400 and _error(r)["code"] == "prompt_too_long" and "4001 characters" in r.text
+    r = client.post("/v1/models/qwen-vl:predict", json={"image": b64(jpeg(seed=14)), "metadata": {"year": "9" * 101}})
+    assert r.status_code == 400 and "at most 100 characters" in r.text
 
 
 def test_unknown_model_is_404(sdk: openai.OpenAI, sim: Sim) -> None:

@@ -239,6 +239,27 @@ async def test_bad_records_are_counted_not_raised(store: ResultStore) -> None:
     assert store.pending() == 0
 
 
+async def test_texts_no_database_holds_are_kept_out(store: ResultStore) -> None:
+    # a model's answer may carry U+0000, which PostgreSQL's text and JSON types refuse: the record is
+    # stored without it rather than refused three times and dropped
+    nul = make_record(5, text="墨\x00色", messages=[{"role": "user", "content": "a\x00b"}], safety={"terms": ["\x00"]})
+    (did,) = await put(store, nul)
+    got = await store.get_description(did)
+    assert got["text"] == "墨色" and got["messages"] == [{"role": "user", "content": "ab"}]
+    assert got["safety"] == {"terms": [""]}
+    assert store.metrics.registry.get_sample_value("huayu_store_dropped_total", {"reason": "rejected"}) is None
+    # a reviewer's text is checked before it reaches the database: a clear refusal, not a driver error
+    for field in ("comment", "edited_text", "reviewer"):
+        for bad, words in (("a\x00b", "NUL character"), ("a\ud800b", "unpaired UTF-16 surrogate")):
+            with pytest.raises(Unprocessable, match=words) as info:
+                await store.add_feedback(did, 4, **{field: bad})
+            assert info.value.param == field
+    for change in ({"text": "x\x00"}, {"status": "approved", "reviewer": "x\x00"}):
+        with pytest.raises(Unprocessable, match="NUL character"):
+            await store.update_description(did, **change)
+    assert (await store.get_description(did))["feedback"] == []
+
+
 async def test_feedback(store: ResultStore) -> None:
     (did,) = await put(store, make_record(4))
     for bad in (0, 6, 3.5, True, "5", None):

@@ -178,8 +178,9 @@ async def test_full_queue_is_counted(forwarder: tuple[Forwarder, str]) -> None:
 
 @pytest.mark.parametrize(
     ("backend", "bad_text"),
-    # PostgreSQL refuses a NUL character in text; SQLite's driver cannot encode a lone surrogate
-    [("postgresql", "bad\x00text"), ("sqlite", "bad\ud800text")],
+    # neither driver can encode a lone surrogate (a NUL, which PostgreSQL refuses, is taken out before:
+    # test_store.py::test_texts_no_database_holds_are_kept_out)
+    [("postgresql", "bad\ud800text"), ("sqlite", "bad\ud800text")],
 )
 async def test_a_refused_record_does_not_hold_up_the_others(backend: str, bad_text: str, tmp_path: Path) -> None:
     # a record the database will never take, however often it is sent
