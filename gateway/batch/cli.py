@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import signal
 import sys
@@ -15,7 +16,7 @@ from rich.console import Console
 from gateway.batch.model import LANGUAGES, BatchConfig, BatchSummary
 from gateway.batch.progress import print_plan, print_summary
 from gateway.batch.runner import run_batch
-from gateway.errors import HuayuError
+from gateway.errors import HuayuError, InvalidRequest
 
 EPILOG = """\
 input: a folder of images; a CSV manifest with a header (a path, url or image column, plus
@@ -71,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _mib(value: float) -> int:
+    if not (value > 0 and math.isfinite(value)):  # NaN and infinity: int() would raise on them
+        raise InvalidRequest(f"--max-image-mb must be more than 0 (got {value:g}).", param="max_image_mb")
+    return max(1, int(value * 1024 * 1024))
+
+
 def config_from_args(args: argparse.Namespace) -> BatchConfig:
     styles = tuple(dict.fromkeys(s for group in args.style or [["curator"]] for s in group))
     languages: list[str] = []
@@ -95,7 +102,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         cache=not args.no_cache,
         retries=args.retries,
         request_timeout_s=args.timeout,
-        max_image_bytes=int(args.max_image_mb * 1024 * 1024),
+        max_image_bytes=_mib(args.max_image_mb),
         iiif_size=args.iiif_size,
         styles_dir=args.styles_dir,
         limit=args.limit,
@@ -111,8 +118,8 @@ def batch_main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help exits 0, a bad option 2: returned, not raised
         return e.code if isinstance(e.code, int) else 2
     err = Console(stderr=True, soft_wrap=True)
-    config = config_from_args(args)
     try:
+        config = config_from_args(args)
         summary = asyncio.run(_run(config, err))
     except HuayuError as e:
         err.print(f"huayu batch: error: {e.message}", markup=False, highlight=False)

@@ -7,7 +7,9 @@ failure, everything else that fails is Transient and tried again.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,6 +19,7 @@ from pydantic import ValidationError
 from gateway.batch.images import LoadedImage
 from gateway.batch.model import BatchConfig, Item, Status
 from gateway.batch.retry import Transient, parse_retry_after, retryable_status
+from gateway.catalog import DOCUMENTED_NAME
 from gateway.errors import (
     HuayuError,
     InvalidRequest,
@@ -71,12 +74,36 @@ def base_url(url: str, suffix: str) -> str:
     return url[: -len(suffix)] if url.endswith(suffix) else url
 
 
+def load_styles(styles_dir: Path | None) -> StyleRegistry:
+    """The shipped styles plus those of ``--styles-dir``; a folder that is not one, or a style file
+    that cannot be read, is an InvalidRequest naming the file (the registry's own errors say less)."""
+    if styles_dir is None:
+        return StyleRegistry.load()
+    if not styles_dir.is_dir():
+        what = "is a file, not a folder" if styles_dir.exists() else "does not exist"
+        raise InvalidRequest(
+            f"--styles-dir {str(styles_dir)!r} {what}; give a folder of style files (*.toml).", param="styles_dir"
+        )
+    for path in sorted(styles_dir.glob("*.toml")):
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise InvalidRequest(f"The style file {str(path)!r} cannot be read: {reason}.", param="styles_dir") from e
+    try:
+        return StyleRegistry.load(styles_dir)
+    except (ValueError, TypeError, AttributeError) as e:  # parse_style on a file of the wrong shape
+        raise InvalidRequest(
+            f"A style file in --styles-dir {str(styles_dir)!r} is not valid: {e}.", param="styles_dir"
+        ) from e
+
+
 class Sender:
     def __init__(self, config: BatchConfig, styles: StyleRegistry | None = None) -> None:
         self.config = config
         self.direct = config.direct is not None
         if self.direct:
-            self.styles = styles or StyleRegistry.load(config.styles_dir)
+            self.styles = styles or load_styles(config.styles_dir)
             self.url = base_url(str(config.direct), "/v1") + "/v1/chat/completions"
             self.health_url = base_url(str(config.direct), "/v1") + "/v1/models"
             self.priority = config.priority
@@ -98,8 +125,8 @@ class Sender:
         await self.client.aclose()
 
     async def check(self, styles: tuple[str, ...], languages: tuple[str, ...]) -> None:
-        """Fails fast, before any item: nothing listens at the server's address, or a style or
-        language the run asks for does not exist there."""
+        """Fails fast, before any item: nothing listens at the server's address, or the model (through
+        the gateway), a style or a language the run asks for does not exist there."""
         try:
             await self.client.get(self.health_url, timeout=10.0)
         except httpx.HTTPError as e:
@@ -108,6 +135,8 @@ class Sender:
             )
             raise UpstreamUnavailable(f"Cannot reach the {where} at {self.health_url}: {type(e).__name__}.") from e
         known = {s.name: s.languages for s in self.styles.all()} if self.direct else await self._gateway_styles()
+        if not self.direct:
+            await self._check_model(known)
         if known is None:
             return  # a gateway without /v1/styles: each item reports an unknown style itself
         for name in styles:
@@ -121,6 +150,36 @@ class Sender:
                     f"The style {name!r} has no {'/'.join(missing)} prompt; it supports: {', '.join(known[name])}.",
                     param="language",
                 )
+
+    async def _check_model(self, styles: dict[str, list[str]] | None) -> None:
+        """An unknown ``--model`` fails here, once, not as a 404 for every item. The gateway takes
+        ``qwen-vl``, what its /v1/models lists (the base model, adapters, ``<base>:<style>``) and
+        ``<model>:<style>``; a gateway that does not answer the list leaves each item to say it."""
+        url = self.url.split("/v1/models/")[0] + "/v1/models"
+        try:
+            response = await self.client.get(url, timeout=10.0)
+            listed = (
+                [str(m["id"]) for m in orjson.loads(response.content)["data"]] if response.status_code == 200 else []
+            )
+        except (httpx.HTTPError, orjson.JSONDecodeError, KeyError, TypeError):
+            return
+        if not listed:
+            return
+        model = self.config.model
+        head, _, style = model.partition(":")
+        heads = {DOCUMENTED_NAME, *(m.partition(":")[0] for m in listed)}
+        if head not in heads:
+            raise NotFound(
+                f"The gateway has no model {model!r}; it serves: {', '.join(sorted(heads))} "
+                f"(a style may follow, as in {DOCUMENTED_NAME}:curator).",
+                param="model",
+                code="model_not_found",
+            )
+        if style and styles is not None and style not in styles:
+            raise InvalidRequest(
+                f"The model {model!r} names an unknown style {style!r}. Valid styles: {', '.join(sorted(styles))}.",
+                param="model",
+            )
 
     async def _gateway_styles(self) -> dict[str, list[str]] | None:
         url = self.url.split("/v1/models/")[0] + "/v1/styles"

@@ -75,24 +75,27 @@ def render_csv(records: list[dict[str, Any]]) -> bytes:
 
 
 def annotation(r: dict[str, Any]) -> dict[str, Any]:
-    anno_id = (
-        f"urn:huayu:description:{r['description_id']}" if r.get("description_id") else f"urn:huayu:batch:{r['key']}"
-    )
+    # the id is the item's key (artwork, style, language): unique in the page and the same in every
+    # run; the description's id is not (two identical images share one cached description), so it
+    # names the body, which the two annotations then share
     model = str(r.get("model") or "unknown")
     generator = model + (f"+{r['adapter']}" if r.get("adapter") else "")
+    body: dict[str, Any] = {
+        "type": "TextualBody",
+        "value": r.get("description", ""),
+        "language": r.get("language"),
+        "format": "text/plain",
+        "purpose": "describing",
+    }
+    if r.get("description_id"):
+        body = {"id": f"urn:huayu:description:{r['description_id']}", **body}
     return {
-        "id": anno_id,
+        "id": f"urn:huayu:batch:{r['key']}",
         "type": "Annotation",
         "motivation": "describing",
         "created": r.get("finished_at"),
         "generator": {"id": f"urn:huayu:model:{generator}", "type": "Software", "name": generator},
-        "body": {
-            "type": "TextualBody",
-            "value": r.get("description", ""),
-            "language": r.get("language"),
-            "format": "text/plain",
-            "purpose": "describing",
-        },
+        "body": body,
         "target": r.get("target"),
     }
 

@@ -15,12 +15,13 @@ import asyncio
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 from rich.console import Console
 
-from gateway.batch.client import Described, Sender
+from gateway.batch.client import Described, Sender, load_styles
 from gateway.batch.images import LoadedImage, load_image
 from gateway.batch.journal import RESULTS, Journal, finished_keys
 from gateway.batch.model import LANGUAGES, Artwork, BatchConfig, BatchSummary, Failure, Item
@@ -31,6 +32,8 @@ from gateway.batch.sources import read_inputs
 from gateway.errors import HuayuError, InvalidRequest
 
 log = logging.getLogger("huayu.batch")
+
+MAX_PROMPT_CHARS = 4000  # the gateway's limit on a request's own prompt
 
 
 def check_config(config: BatchConfig) -> None:
@@ -47,6 +50,54 @@ def check_config(config: BatchConfig) -> None:
         raise InvalidRequest(f"retries cannot be negative (got {config.retries}).", param="retries")
     if config.priority is not None and not -100 <= config.priority <= 100:
         raise InvalidRequest(f"priority must be from -100 to 100 (got {config.priority}).", param="priority")
+    # the gateway's own limits (gateway.protocol.PredictRequest): checked here once, not failed per item
+    if config.max_tokens is not None and config.max_tokens < 1:
+        raise InvalidRequest(f"--max-tokens must be at least 1 (got {config.max_tokens}).", param="max_tokens")
+    if config.temperature is not None and not 0.0 <= config.temperature <= 2.0:
+        raise InvalidRequest(f"--temperature must be from 0 to 2 (got {config.temperature:g}).", param="temperature")
+    if config.top_p is not None and not 0.0 < config.top_p <= 1.0:
+        raise InvalidRequest(f"--top-p must be more than 0 and at most 1 (got {config.top_p:g}).", param="top_p")
+    if config.prompt is not None and len(config.prompt) > MAX_PROMPT_CHARS:
+        raise InvalidRequest(
+            f"--prompt is {len(config.prompt)} characters long; at most {MAX_PROMPT_CHARS} are accepted.",
+            param="prompt",
+        )
+    if config.limit is not None and config.limit < 0:
+        raise InvalidRequest(f"--limit cannot be negative (got {config.limit}).", param="limit")
+    if not config.request_timeout_s > 0:
+        raise InvalidRequest(
+            f"--timeout must be more than 0 seconds (got {config.request_timeout_s:g}).", param="timeout"
+        )
+    if config.max_image_bytes < 1:
+        raise InvalidRequest(
+            f"--max-image-mb must be more than 0 (got {config.max_image_bytes / 2**20:g} MiB).", param="max_image_mb"
+        )
+    check_out_dir(config.out_dir)
+
+
+def check_out_dir(out_dir: Path) -> None:
+    """The output folder is a folder, or can become one; nothing is created here (a dry run creates nothing)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidRequest(
+            f"The output folder {str(out_dir)!r} is a file, not a folder; give a folder with -o.", param="out"
+        )
+    parent = out_dir.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        raise InvalidRequest(
+            f"The output folder {str(out_dir)!r} cannot be created: {str(parent)!r} is a file, not a folder.",
+            param="out",
+        )
+
+
+def _make_out_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InvalidRequest(
+            f"The output folder {str(out_dir)!r} cannot be created: {e.strerror or e}.", param="out"
+        ) from e
 
 
 class _Images:
@@ -183,6 +234,7 @@ async def run_batch(config: BatchConfig, console: Console | None = None) -> Batc
     """
     console = console or Console(stderr=True, soft_wrap=True)
     check_config(config)
+    styles = load_styles(config.styles_dir) if config.direct is not None else None  # a bad --styles-dir: exit 2
     t0 = time.perf_counter()
     inputs = await asyncio.to_thread(
         read_inputs, config.input, timeout_s=config.fetch_timeout_s, iiif_size=config.iiif_size,
@@ -197,9 +249,14 @@ async def run_batch(config: BatchConfig, console: Console | None = None) -> Batc
         summary.failed = len(inputs.problems)
         return summary
 
-    config.out_dir.mkdir(parents=True, exist_ok=True)
-    journal = Journal(config.out_dir / RESULTS, config.fsync_interval_s)  # locked: one run per folder
-    sender = Sender(config)
+    _make_out_dir(config.out_dir)
+    try:
+        journal = Journal(config.out_dir / RESULTS, config.fsync_interval_s)  # locked: one run per folder
+    except OSError as e:
+        raise InvalidRequest(
+            f"The journal {str(config.out_dir / RESULTS)!r} cannot be opened: {e.strerror or e}.", param="out"
+        ) from e
+    sender = Sender(config, styles)
     fetcher = httpx.AsyncClient(
         timeout=config.fetch_timeout_s, follow_redirects=True, limits=httpx.Limits(max_connections=config.concurrency)
     )

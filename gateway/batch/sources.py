@@ -36,6 +36,11 @@ _ALIASES = {
     "measurements": "dimensions",
 }
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+_DELIMITER_HINT = {
+    ",": "; its columns must be separated by commas (or semicolons or tabs)",
+    ";": "; its columns must be separated by commas (or semicolons or tabs)",
+    "\t": "; a .tsv's columns must be separated by tabs",
+}
 
 
 def is_url(value: str) -> bool:
@@ -101,8 +106,15 @@ def read_folder(folder: Path, skip: Path | None = None) -> Inputs:
 
 
 def read_csv(text: str, *, base: str, delimiter: str = ",") -> Inputs:
-    """``base``: the folder (or URL) that relative image paths are relative to."""
-    reader = csv.reader(io.StringIO(text.removeprefix("\ufeff"), newline=""), delimiter=delimiter)
+    """``base``: the folder (or URL) that relative image paths are relative to. A .csv whose header
+    has no comma but a semicolon or a tab (as spreadsheet programs in many locales save it) is read
+    with that delimiter."""
+    text = text.removeprefix("\ufeff")
+    end = text.find("\n")
+    first = text if end < 0 else text[:end]
+    if delimiter == "," and "," not in first:
+        delimiter = next((d for d in (";", "\t") if d in first), delimiter)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
     except StopIteration:
@@ -113,7 +125,8 @@ def read_csv(text: str, *, base: str, delimiter: str = ",") -> Inputs:
     if not any(n in IMAGE_COLUMNS for n in names):
         raise Unprocessable(
             f"The CSV manifest has no image column (its header: {', '.join(h.strip() for h in header)}); "
-            f"it needs one named {', '.join(IMAGE_COLUMNS)}, holding a file path or an http(s) URL.",
+            f"it needs one named {', '.join(IMAGE_COLUMNS)}, holding a file path or an http(s) URL"
+            f"{_DELIMITER_HINT.get(delimiter, '') if len(header) == 1 else ''}.",
             param="input",
         )
     artworks: list[Artwork] = []
