@@ -6,6 +6,8 @@ Every format streams: rows are read a page at a time (keyset on the id) and rend
   artwork's metadata and the prompt messages.
 - ``csv``: UTF-8 with a byte-order mark (Excel then reads Chinese correctly), CRLF line ends;
   text cells that start with ``= + - @`` get a leading ``'`` so a spreadsheet never runs them.
+  ``safety_action`` says what the filter did (``allow``, ``mask``, ``block``...): a blocked
+  description's text is the neutral fallback, not a description.
 - ``finetune``: approved, well-rated (average >= 4) or edited descriptions, never rejected
   ones, as OpenAI chat records ``{"messages": [system, user(image + text), assistant]}``; the
   image is the model-ready JPEG as a ``data:image/jpeg;base64,`` URL (self-contained lines; no
@@ -14,7 +16,8 @@ Every format streams: rows are read a page at a time (keyset on the id) and rend
 - ``iiif``: one W3C Web Annotation ``AnnotationPage``; each description is an ``Annotation``
   with motivation ``describing``, a ``TextualBody`` in its language, targeting the artwork's
   source URI (http/https) or ``urn:huayu:artwork:<digest>``. Rejected descriptions are left
-  out unless a status filter asks for them.
+  out unless a status filter asks for them; so are those the safety filter blocked (their text is
+  the neutral fallback) unless a curator has written their text.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ CSV_COLUMNS = (
     "cached",
     "created_at",
     "updated_at",
+    "safety_action",
 )
 ANNO_CONTEXT = "http://www.w3.org/ns/anno.jsonld"
 PAGE = 200
@@ -151,7 +155,13 @@ def render_csv(rows: list[dict[str, Any]]) -> bytes:
     w = csv.writer(buf)
     for r in rows:
         usage = r.get("usage") or {}
-        flat = {**r, "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens")}
+        safety = r.get("safety") or {}
+        flat = {
+            **r,
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "safety_action": safety.get("action", "allow") if isinstance(safety, dict) else None,
+        }
         w.writerow([_csv_cell(flat.get(c)) for c in CSV_COLUMNS])
     return buf.getvalue().encode()
 
@@ -216,8 +226,15 @@ def annotation(r: Mapping[str, Any], base_url: str | None) -> dict[str, Any]:
     }
 
 
+def blocked(r: Mapping[str, Any]) -> bool:
+    """The safety filter withheld the model's text (the neutral fallback stands in), and no curator
+    has written one since."""
+    safety = r.get("safety")
+    return isinstance(safety, dict) and safety.get("action") == "block" and r.get("edited_text") is None
+
+
 def render_iiif(rows: list[dict[str, Any]], base_url: str | None, first: bool) -> bytes:
-    parts = [orjson.dumps(annotation(r, base_url)) for r in rows]
+    parts = [orjson.dumps(annotation(r, base_url)) for r in rows if not blocked(r)]
     body = b",".join(parts)
     return body if first or not body else b"," + body
 

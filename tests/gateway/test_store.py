@@ -422,6 +422,24 @@ async def test_exports_parse_back(store: ResultStore) -> None:
         await store.export("xml")
 
 
+async def test_blocked_descriptions_are_not_published_as_descriptions(store: ResultStore) -> None:
+    fallback = "抱歉，这件作品的介绍暂时无法显示。"
+    verdict = {"action": "block", "categories": ["canary"], "terms": []}
+    blocked, rewritten, fine = (
+        make_record(40, text=fallback, safety=verdict),
+        make_record(41, text=fallback, safety=verdict),
+        make_record(42),
+    )
+    await put(store, blocked, rewritten, fine)
+    await store.update_description(rewritten.id, text="远山淡影，近树浓墨。")  # a curator wrote it
+    page = orjson.loads(await collect(await store.export("iiif")))
+    published = {a["id"].rsplit(":", 1)[1]: a["body"]["value"] for a in page["items"]}
+    assert published == {rewritten.id: "远山淡影，近树浓墨。", fine.id: fine.text}
+    table = list(csv.DictReader(io.StringIO((await collect(await store.export("csv"))).decode("utf-8-sig"))))
+    actions = {r["id"]: r["safety_action"] for r in table}
+    assert actions == {blocked.id: "block", rewritten.id: "block", fine.id: "allow"}
+
+
 async def test_exports_page_through_many_rows(store: ResultStore) -> None:
     recs = [make_record(40 + i % 4) for i in range(230)]
     await put(store, *recs)
