@@ -231,6 +231,25 @@ async def test_recorded_descriptions_are_written(store: ResultStore) -> None:
     assert await store.get_artwork_image("art_" + other.artwork_digest[:16]) == jpeg(2)
 
 
+async def test_an_artworks_catalogue_fields_follow_its_latest_description(store: ResultStore) -> None:
+    async def stored_metadata() -> dict[str, str]:
+        arts = await store.list_artworks(limit=10)
+        (art,) = arts["data"]
+        metadata: dict[str, str] = art["metadata"]
+        return metadata
+
+    await put(store, make_record(6, metadata={}))  # a folder run: no catalogue fields
+    assert await stored_metadata() == {}
+    await put(store, make_record(6, metadata={"title": "早春图", "artist": "郭熙"}))  # then the manifest
+    assert await stored_metadata() == {"title": "早春图", "artist": "郭熙"}
+    # in one batch: the last description that gave fields wins; one that gave none changes nothing
+    store.record(make_record(6, metadata={"title": "Wrong"}))
+    store.record(make_record(6, metadata={"title": "早春图", "artist": "郭熙", "year": "1072"}))
+    store.record(make_record(6, metadata={}))
+    await flushed(store)
+    assert await stored_metadata() == {"title": "早春图", "artist": "郭熙", "year": "1072"}
+
+
 async def test_bad_records_are_counted_not_raised(store: ResultStore) -> None:
     store.record(make_record(3, artwork_digest="not-hex"))
     store.record(make_record(3, phash=-1))
@@ -532,7 +551,10 @@ async def test_the_sqlite_writer_writes_what_sqlalchemy_writes(tmp_path: Any) ->
             make_record(41, style="children", tenant="museum-a", cached=True, prompt="讲给孩子听"),
             make_record(42, image_jpeg=None, source=None, messages=None, adapter="lora-b", latency_ms=3.0),
         ],
-        [make_record(41, created_at=when + timedelta(days=1)), make_record(43, metadata={})],
+        [
+            make_record(41, created_at=when + timedelta(days=1), metadata={"title": "改定的题名", "year": "1072"}),
+            make_record(43, metadata={}),
+        ],
     ]
     stored = {make_record(41).artwork_digest}  # the second batch: artwork 41 known stored with its image
     dumps = []
@@ -563,6 +585,7 @@ async def test_the_sqlite_writer_writes_what_sqlalchemy_writes(tmp_path: Any) ->
         conn.close()
         dumps.append(dump)
     assert len(dumps[0]["descriptions"]) == 5 and len(dumps[0]["artworks"]) == 3
+    assert any("改定的题名" in str(row) for row in dumps[0]["artworks"])  # the later fields were written
     assert dumps[0] == dumps[1]
 
 
