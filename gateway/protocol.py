@@ -46,6 +46,13 @@ class PredictRequest(SamplingOverrides):
     crop_borders: bool | None = None
     correct_glare: bool | None = None
     priority: int = Field(0, ge=-100, le=100, description="Lower runs first on the model server.")
+    source: str | None = Field(
+        None,
+        max_length=2000,
+        description="Where the artwork is in the caller's collection: a IIIF canvas id, an image URL or a "
+        "file path. Stored as the artwork's source (the first one given stays); an http(s) one is what its "
+        "IIIF annotations target, as `huayu batch`'s own do.",
+    )
 
 
 class Usage(BaseModel):

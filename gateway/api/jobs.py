@@ -35,6 +35,8 @@ def make_job(
         refuse_unstorable(value, name)
     if request is not None:
         refuse_unstorable(request, "prompt")
+    if source is not None:
+        refuse_unstorable(source, "source")
     settings = svc.settings
     chosen = svc.styles.get(style)
     lang = language or settings.default_language

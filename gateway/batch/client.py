@@ -206,6 +206,9 @@ class Sender:
             }
         else:
             body = {"image": image.b64, "style": item.style, "language": item.language, "cache": c.cache}
+            # the store's record of the artwork points where this run's annotations do: a canvas or
+            # image URL as it is, else the path or id in the input
+            body["source"] = art.target if art.target.startswith(("http://", "https://")) else art.source
             if art.metadata:
                 body["metadata"] = art.metadata
             if c.prompt:

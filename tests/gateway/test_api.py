@@ -301,6 +301,23 @@ def test_harmless_openai_fields_are_accepted_and_long_texts_refused(client: http
     assert r.status_code == 400 and "at most 100 characters" in r.text
 
 
+def test_a_source_given_with_the_image_is_what_the_iiif_export_targets(client: httpx.Client) -> None:
+    canvas = "https://museum.example/iiif/album/canvas/7"
+    image = b64(jpeg(seed=15))
+    did = client.post("/v1/models/qwen-vl:predict", json={"image": image, "source": canvas, "cache": False}).json()[
+        "id"
+    ]
+    deadline = time.monotonic() + 10
+    while (r := client.get(f"/v1/descriptions/{did}")).status_code == 404:  # written off the request path
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert r.json()["source"] == canvas
+    page = client.get("/v1/export", params={"format": "iiif", "artwork_id": r.json()["artwork_id"]}).json()
+    assert [a["target"] for a in page["items"]] == [canvas]
+    long = client.post("/v1/models/qwen-vl:predict", json={"image": image, "source": "x" * 2001})
+    assert long.status_code == 400 and _error(long)["param"] == "source"
+
+
 def test_unknown_model_is_404(sdk: openai.OpenAI, sim: Sim) -> None:
     with pytest.raises(openai.NotFoundError) as e:
         sdk.chat.completions.create(model="gpt-4o", messages=_user(jpeg()))

@@ -173,6 +173,8 @@ async def test_iiif_manifest_run(tmp_path: Path, version: int) -> None:
         canvas = f"{url}/c3/"
     page = orjson.loads((tmp_path / "out" / "annotations.json").read_bytes())
     assert sorted(a["target"] for a in page["items"]) == [f"{canvas}art0{i}.jpg" for i in range(3)]
+    # the gateway stores the canvas as the artwork's source: its own IIIF export targets the same canvas
+    assert sorted(b["source"] for b in peer.bodies) == [f"{canvas}art0{i}.jpg" for i in range(3)]
 
 
 async def test_retries_backoff_retry_after_and_permanent_failures(tmp_path: Path) -> None:
