@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import email.utils
 import http
+import json
 import logging
 import signal
 import time
@@ -66,11 +67,17 @@ def _status_line(code: int) -> bytes:
 _STATUS = {code: _status_line(code) for code in range(100, 600)}
 
 
+_CODES = {400: "bad_http_request", 408: "request_timeout", 431: "headers_too_large", 500: "internal_error"}
+
+
 def _plain(status: int, text: str) -> bytes:
-    body = text.encode()
+    """A response of the server's own, in the OpenAI error shape the gateway answers every error in."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    error = {"message": text, "type": kind, "param": None, "code": _CODES.get(status, "http_error")}
+    body = json.dumps({"error": error}, ensure_ascii=False).encode()
     return (
         _STATUS[status]
-        + b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+        + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
         + body
     )
 
@@ -260,7 +267,7 @@ class _Exchange:
         self.started = self.complete = True
         self.keep_alive = False
         self.status = 500
-        self.conn.write(_plain(500, "Internal Server Error"))
+        self.conn.write(_plain(500, "The gateway hit an unexpected error; it has been logged."))
         self.conn.finished(self)
 
 
