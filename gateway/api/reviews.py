@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response, StreamingResponse
 
+from gateway.api.body import json_body, read_json
 from gateway.deps import Services, services
 from gateway.errors import ServiceUnavailable
 from gateway.security import tenant_of
@@ -112,13 +113,16 @@ async def get_description(
     return await store_of(svc).get_description(description_id, tenant=tenant)
 
 
-@router.post("/v1/descriptions/{description_id}/feedback", status_code=201)
+# the bodies are read by pydantic's own JSON parser, as the description routes' are (api/body.py): a
+# malformed body is answered with what is wrong in it, not FastAPI's "error parsing the body"
+@router.post("/v1/descriptions/{description_id}/feedback", status_code=201, openapi_extra=json_body(FeedbackRequest))
 async def add_feedback(
     description_id: str,
-    body: FeedbackRequest,
+    request: Request,
     svc: Services = Depends(services),
     tenant: str | None = Depends(tenant_scope),
 ) -> dict[str, Any]:
+    body = await read_json(request, FeedbackRequest)
     return await store_of(svc).add_feedback(
         description_id,
         body.rating,
@@ -129,13 +133,14 @@ async def add_feedback(
     )
 
 
-@router.patch("/v1/descriptions/{description_id}")
+@router.patch("/v1/descriptions/{description_id}", openapi_extra=json_body(DescriptionPatch))
 async def update_description(
     description_id: str,
-    body: DescriptionPatch,
+    request: Request,
     svc: Services = Depends(services),
     tenant: str | None = Depends(tenant_scope),
 ) -> dict[str, Any]:
+    body = await read_json(request, DescriptionPatch)
     return await store_of(svc).update_description(
         description_id, status=body.status, text=body.text, reviewer=body.reviewer, tenant=tenant
     )
