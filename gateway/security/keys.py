@@ -23,6 +23,11 @@ _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
+# the tenant of every request while keys are off, whose review scope is therefore all tenants: a key
+# of that name would see every tenant's descriptions
+_PUBLIC_REFUSED = f"the tenant name {PUBLIC_TENANT!r} is reserved for requests without keys; choose another"
+
+
 class KeyConfigError(ValueError):
     """The configured key list is malformed; raised at start-up, never per request."""
 
@@ -35,6 +40,8 @@ def new_key(tenant: str) -> tuple[str, str]:
     """A fresh random key and the ``tenant:hash`` line that configures it."""
     if not _TENANT.match(tenant):
         raise KeyConfigError(f"tenant {tenant!r} must be 1-64 letters, digits, '_', '.' or '-'")
+    if tenant == PUBLIC_TENANT:
+        raise KeyConfigError(_PUBLIC_REFUSED)
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     return key, f"{tenant}:{hash_key(key)}"
 
@@ -51,6 +58,8 @@ def parse_entries(lines: Iterable[str], where: str) -> list[tuple[str, bytes]]:
             raise KeyConfigError(
                 f"{where} entry {n} is not 'tenant:sha256hex' (64 hex digits; `huayu keys new TENANT` prints one)"
             )
+        if tenant == PUBLIC_TENANT:
+            raise KeyConfigError(f"{where} entry {n}: {_PUBLIC_REFUSED}")
         entries.append((tenant, bytes.fromhex(digest)))
     return entries
 

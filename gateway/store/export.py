@@ -34,7 +34,7 @@ from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ColumnElement
 
-from .queries import description_dict
+from .queries import description_dict, own_metadata
 from .tables import artworks, descriptions
 
 log = logging.getLogger("huayu.store")
@@ -115,7 +115,7 @@ async def fetch_page(
     out = []
     for r in rows:
         item = description_dict(r)
-        item["metadata"] = r["meta"]
+        item["metadata"] = own_metadata(r)
         out.append(item)
     if fmt == "finetune" and out:
         ids = sorted({o["artwork_id"] for o in out})

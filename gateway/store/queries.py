@@ -21,7 +21,7 @@ MAX_TEXT = 50_000
 MAX_COMMENT = 10_000
 
 d, a, f = descriptions.c, artworks.c, feedback.c
-_DESC_COLS = [c for c in descriptions.c if c.name != "messages"] + [a.digest, a.source]
+_DESC_COLS = [c for c in descriptions.c if c.name != "messages"] + [a.digest, a.source, a.meta]
 
 
 # every database's signed 64-bit integer takes this; a larger offset would overflow the driver
@@ -98,13 +98,25 @@ class DescriptionFilter:
         return where
 
 
+def own_source(row: RowMapping | Mapping[str, Any]) -> str | None:
+    """The source this description's request gave (the shared artwork's for rows older than that)."""
+    source: str | None = row["artwork_source"] if row["artwork_meta"] is not None else row["source"]
+    return source
+
+
+def own_metadata(row: RowMapping | Mapping[str, Any]) -> dict[str, str]:
+    """The catalogue fields this description's request gave (the shared artwork's for older rows)."""
+    meta: dict[str, str] = row["artwork_meta"] if row["artwork_meta"] is not None else row["meta"]
+    return meta
+
+
 def description_dict(row: RowMapping | Mapping[str, Any]) -> dict[str, Any]:
     count = int(row["rating_count"])
     out = {
         "id": row["id"],
         "artwork_id": row["artwork_id"],
         "artwork_digest": row["digest"],
-        "source": row["source"],
+        "source": own_source(row),
         "style": row["style"],
         "style_version": row["style_version"],
         "language": row["language"],
@@ -257,8 +269,20 @@ async def list_artworks(
         )
         inner = _joined(*_DESC_COLS, rank).where(d.artwork_id.in_(list(by_id)), *where).subquery()
         q2 = select(inner).where(inner.c.rank <= per_style).order_by(inner.c.style, inner.c.rank)
+        # the card shows what the newest of the descriptions it lists were told, not the shared row:
+        # with API keys on, that row holds what any tenant sending the same image said
+        told: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
+        for art in by_id.values():
+            art["metadata"], art["source"] = {}, None
         for row in (await conn.execute(q2)).mappings():
             by_id[row["artwork_id"]]["descriptions"].append(description_dict(row))
+            when = (row["created_at"], row["id"])
+            for field, value in (("metadata", own_metadata(row)), ("source", own_source(row))):
+                key = (row["artwork_id"], field)
+                if value and (key not in told or when > told[key][:2]):
+                    told[key] = (*when, value)
+        for (art_id, field), (_, _, value) in told.items():
+            by_id[art_id][field] = value
     return {"data": list(by_id.values()), "total": int(total), "limit": limit, "offset": offset}
 
 

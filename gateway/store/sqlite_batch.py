@@ -36,7 +36,8 @@ _META = "UPDATE artworks SET meta = ? WHERE artworks.id = ?"
 _DESCRIPTION = (
     "INSERT INTO descriptions (id, artwork_id, style, style_version, language, model, adapter, prompt, messages, "
     "text, edited_text, usage, latency_ms, safety, status, reviewer, tenant, cached, rating_count, rating_sum, "
-    "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, 'draft', NULL, ?, ?, 0, 0, ?, ?) "
+    "created_at, updated_at, artwork_meta, artwork_source) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, 'draft', NULL, ?, ?, 0, 0, ?, ?, ?, ?) "
     "ON CONFLICT DO NOTHING"
 )
 
@@ -95,6 +96,8 @@ def rows(recs: list[DescriptionRecord], stored: Container[str] = frozenset()) ->
                 int(r.cached),
                 at,
                 at,
+                _json(dict(r.metadata)),
+                r.source,
             )
         )
     return new, touch, meta, descriptions

@@ -68,6 +68,11 @@ descriptions = Table(
     Column("rating_sum", Integer, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    # the catalogue fields and source as this description's request gave them: the artwork row is
+    # shared by every tenant sending the same image, so what each said is read from its own rows
+    # (NULL in rows written before migration 0002: read from the artwork)
+    Column("artwork_meta", Json, nullable=True),
+    Column("artwork_source", LongText, nullable=True),
     Index("ix_descriptions_artwork_id", "artwork_id"),
     Index("ix_descriptions_style", "style"),
     Index("ix_descriptions_status", "status"),

@@ -259,6 +259,8 @@ async def write_batch(
                 "rating_sum": 0,
                 "created_at": r.created_at,
                 "updated_at": r.created_at,
+                "artwork_meta": dict(r.metadata),
+                "artwork_source": r.source,
             }
             for r in recs
         ],

@@ -20,9 +20,10 @@ import asyncpg
 import imagehash
 import orjson
 import pytest
+from alembic import command
 from alembic.migration import MigrationContext
 from PIL import Image
-from sqlalchemy import inspect, text
+from sqlalchemy import insert, inspect, text
 
 from gateway.errors import NotFound, Unprocessable
 from gateway.store import (
@@ -34,9 +35,10 @@ from gateway.store import (
     migrate,
     new_description_id,
 )
-from gateway.store.engine import make_engine, normalize_url
+from gateway.store.engine import alembic_config, make_engine, normalize_url
+from gateway.store.record import artwork_id
 from gateway.store.sqlite_batch import SqliteBatches
-from gateway.store.tables import metadata
+from gateway.store.tables import artworks, descriptions, metadata
 from gateway.store.writer import write_batch
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -184,14 +186,44 @@ async def test_migrations_build_the_declared_schema(store: ResultStore) -> None:
     async with store.engine.connect() as conn:
         tables, revision, diff = await conn.run_sync(check)
     assert {"artworks", "descriptions", "feedback", "alembic_version"} <= tables
-    assert revision == "0001"
+    assert revision == "0002"
     assert diff == []
     # a second run (another process, a restart, `huayu db upgrade`) finds nothing to do
-    assert await migrate(store.url.render_as_string(hide_password=False)) == "0001"
+    assert await migrate(store.url.render_as_string(hide_password=False)) == "0002"
     again = ResultStore(store.url.render_as_string(hide_password=False))
     await again.start()
     assert await again.ready() == (True, "results database ok (0 descriptions waiting to be written)")
     await again.close()
+
+
+async def test_rows_written_before_migration_0002_read_their_artworks_fields(db_url: str) -> None:
+    # a database at 0001 with one description; the store's start brings it to 0002 and old rows are read
+    # with the artwork's catalogue fields and source, as before
+    rec = make_record(7)
+    engine = make_engine(normalize_url(db_url), connect_timeout_s=5)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lambda c: command.upgrade(alembic_config(c), "0001"))
+            art = {"id": artwork_id(rec.artwork_digest), "digest": rec.artwork_digest, "phash": f"{rec.phash:016x}"}
+            art |= {"source": rec.source, "meta": rec.metadata, "thumbnail": rec.thumbnail, "image_jpeg": None}
+            await conn.execute(insert(artworks).values(**art, created_at=rec.created_at, updated_at=rec.created_at))
+            old = {"id": rec.id, "artwork_id": art["id"], "style": "curator", "style_version": "1", "language": "zh"}
+            old |= {"model": "qwen-vl", "text": rec.text, "usage": {}, "latency_ms": 1.0, "safety": {}}
+            old |= {"status": "draft", "cached": False, "rating_count": 0, "rating_sum": 0}
+            await conn.execute(insert(descriptions).values(**old, created_at=rec.created_at, updated_at=rec.created_at))
+    finally:
+        await engine.dispose()
+    store = ResultStore(db_url)
+    await store.start()
+    try:
+        assert (await store.get_description(rec.id))["source"] == rec.source
+        (card,) = (await store.list_artworks(limit=5))["data"]
+        assert card["metadata"] == rec.metadata and card["source"] == rec.source
+        (row,) = [orjson.loads(x) for x in (await collect(await store.export("jsonl"))).splitlines()]
+        assert row["metadata"] == rec.metadata
+    finally:
+        await store.close()
+        await drop_everything(db_url)
 
 
 async def test_recorded_descriptions_are_written(store: ResultStore) -> None:

@@ -47,6 +47,14 @@ def test_malformed_key_entries_stop_start_up_with_the_reason(entries: str) -> No
         KeyRing.from_settings(Settings(api_keys=entries))
 
 
+def test_the_tenant_of_keyless_requests_cannot_be_given_a_key() -> None:
+    # "public" is every request's tenant while keys are off, and its review scope is all tenants
+    with pytest.raises(KeyConfigError, match="'public' is reserved"):
+        KeyRing.from_settings(Settings(api_keys=KEYS + f", public:{hash_key('hy_x')}"))
+    with pytest.raises(KeyConfigError, match="'public' is reserved"):
+        new_key("public")
+
+
 def test_unreadable_key_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(KeyConfigError, match="cannot be read"):
         KeyRing.from_settings(Settings(api_keys_file=tmp_path / "missing"))
@@ -154,3 +162,26 @@ def test_a_tenant_sees_and_changes_only_its_own_descriptions(gateway: GatewayFac
         assert mine in exported and theirs not in exported
         report = client.get("/v1/reports/adapters", headers=b).json()["data"]
         assert sum(row["n"] for row in report) == 1
+
+
+def test_what_a_tenant_says_of_an_artwork_stays_its_own(gateway: GatewayFactory, tmp_path: Path) -> None:
+    # the same image from two tenants is one shared artwork row; B's catalogue fields and source must
+    # not reach A through the gallery, the listing or the exports
+    db = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    a, b = {"authorization": f"Bearer {KEY_A}"}, {"authorization": f"Bearer {KEY_B}"}
+    secret = {"title": "B-SECRET-TITLE", "collection": "B's private lender"}
+    with gateway(api_keys=KEYS, store_enabled=True, database_url=db) as client:
+        told = predict_body(5) | {"metadata": secret, "source": "https://intranet.museum-b/secret/123"}
+        theirs = client.post("/v1/models/qwen-vl:predict", json=told, headers=b).json()["id"]
+        mine = client.post("/v1/models/qwen-vl:predict", json=predict_body(5), headers=a).json()["id"]
+        asyncio.run(_tenants(db, [theirs, mine]))
+        seen_by_a = [
+            client.get("/v1/artworks", headers=a).text,
+            client.get("/v1/descriptions", headers=a).text,
+            client.get(f"/v1/descriptions/{mine}", headers=a).text,
+            *(client.get("/v1/export", params={"format": f}, headers=a).text for f in ("jsonl", "csv", "iiif")),
+        ]
+        for text in seen_by_a:
+            assert mine in text and "SECRET" not in text and "intranet" not in text, text[:300]
+        (card,) = client.get("/v1/artworks", headers=b).json()["data"]
+        assert card["metadata"] == secret and card["source"] == "https://intranet.museum-b/secret/123"
