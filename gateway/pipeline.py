@@ -22,6 +22,7 @@ from typing import Any
 
 from gateway.cache import CacheHit, DescriptionCache, Prefetch
 from gateway.config import Settings
+from gateway.errors import ServiceUnavailable
 from gateway.images import ImageKeys, ImageOptions, ImageWorker, PreparedImage
 from gateway.images.memo import ImageMemo, StagedUpload
 from gateway.job import Delta, EncodedImage, Job, Result
@@ -128,7 +129,7 @@ class Describer:
                     future.set_result(result)
             except BaseException as e:
                 if future is not None and not future.done():
-                    future.set_exception(e if isinstance(e, Exception) else asyncio.CancelledError())
+                    future.set_exception(e if isinstance(e, Exception) else _leader_gone())
                     future.exception()  # retrieved here, so an unjoined failure is not logged twice
                 raise
             finally:
@@ -247,8 +248,8 @@ class Describer:
         future = self._lead(key)
         try:
             result = await work(prep)
-        except Exception as e:
-            future.set_exception(e)
+        except BaseException as e:  # cancelled too: those who joined must not wait for ever
+            future.set_exception(e if isinstance(e, Exception) else _leader_gone())
             future.exception()
             raise
         finally:
@@ -456,6 +457,17 @@ class Describer:
     @staticmethod
     def _elapsed_ms(prep: _Prepared) -> float:
         return round((time.perf_counter() - prep.started) * 1000, 2)
+
+
+def _leader_gone() -> ServiceUnavailable:
+    """What those who joined a request in flight get when it ended without an answer of its own
+    failing (its client left, or it was cancelled): a retryable 503, not their connection dropped."""
+    return ServiceUnavailable(
+        "The identical request this one was waiting on was cancelled by its own client before its answer; "
+        "send this one again.",
+        code="joined_request_cancelled",
+        headers={"Retry-After": "0"},
+    )
 
 
 def _usage(raw: Any) -> dict[str, int]:
