@@ -28,7 +28,8 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings()
     log_to_stderr(settings.log_level)
     host, port = args.host or settings.host, args.port or settings.port
-    run(create_app(settings), host, port, access_log=args.access_log, read_timeout_s=settings.client_read_timeout_s)
+    options = {"read_timeout_s": settings.client_read_timeout_s, "graceful_s": settings.shutdown_grace_s}
+    run(create_app(settings), host, port, access_log=args.access_log, **options)
     return 0
 
 

@@ -118,6 +118,11 @@ class Settings(BaseSettings):
 
     # --- admission ---
     max_in_flight: int = Field(512, description="Requests in flight per process before 429.")
+    shutdown_grace_s: float = Field(
+        10.0,
+        ge=0,
+        description="On SIGTERM or Ctrl-C: seconds the requests in flight get to finish before they are cut.",
+    )
     client_read_timeout_s: float = Field(
         60.0,
         gt=0,

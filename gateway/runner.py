@@ -98,7 +98,8 @@ def run_stack(preset: str | None, gateway_port: int, model_port: int) -> int:
             flush=True,
         )
         log_to_stderr(settings.log_level)
-        run(create_app(settings), settings.host, gateway_port, read_timeout_s=settings.client_read_timeout_s)
+        options = {"read_timeout_s": settings.client_read_timeout_s, "graceful_s": settings.shutdown_grace_s}
+        run(create_app(settings), settings.host, gateway_port, **options)
     finally:
         print("stopping the model server ...", flush=True)
         server.stop()

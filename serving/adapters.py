@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import urllib.error
@@ -89,6 +90,11 @@ def _call(url: str, *, body: dict[str, Any] | None = None, timeout: float) -> tu
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET")
     req.add_header("Content-Type", "application/json")
+    # a model server started with an API key (the compose stack's) wants it on these routes too; the
+    # gateway's containers hold it as HUAYU_UPSTREAM_API_KEY
+    key = os.environ.get("VLLM_API_KEY") or os.environ.get("HUAYU_UPSTREAM_API_KEY")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return int(r.status), r.read()

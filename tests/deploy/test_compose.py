@@ -11,6 +11,7 @@ import yaml
 
 from gateway.config import Settings
 from serving.launch import build_command
+from serving.presets import PRESETS
 from tests.deploy.render import DEPLOY
 
 COMPOSE: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
@@ -82,6 +83,11 @@ def test_model_servers_run_the_serving_presets(service: str, preset: str) -> Non
 
 def test_vllm_service() -> None:
     vllm = SERVICES["vllm"]
+    # what `huayu model` sets besides the flags (serving/launch.py, the preset's env)
+    env = {k: _interpolate(str(v)) for k, v in vllm["environment"].items()}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and env["VLLM_NO_USAGE_STATS"] == "1"
+    assert env["DO_NOT_TRACK"] == "1" and env.items() >= PRESETS["h100"].env.items()
+    assert any(v.endswith(":/adapters:ro") for v in vllm["volumes"])
     assert _interpolate(vllm["image"]).startswith("vllm/vllm-openai:")
     command = _command("vllm")
     for flag in ("--enable-lora", "--scheduling-policy", "--limit-mm-per-prompt"):
@@ -116,6 +122,10 @@ def test_gateways(name: str) -> None:
     )
     assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
     assert gateway["cap_drop"] == ["ALL"]
+    # published through nginx: keys are required, and compose waits for the server's own drain
+    assert "${HUAYU_API_KEYS:?" in str(gateway["environment"]["HUAYU_API_KEYS"])
+    grace = int(gateway["stop_grace_period"].removesuffix("s"))
+    assert settings.shutdown_grace_s + 15 <= grace  # the store's last write (up to 5 s) included
 
 
 def test_redis_is_a_bounded_lru_cache() -> None:
@@ -134,7 +144,7 @@ def test_secrets_come_from_the_env_file() -> None:
     text = (DEPLOY / "docker-compose.yml").read_text()
     used = set(re.findall(r"(?<!\$)\$\{(\w+)", text))
     assert used <= set(ENV_EXAMPLE), f"not in .env.example: {sorted(used - set(ENV_EXAMPLE))}"
-    for secret in ("VLLM_API_KEY", "REDIS_PASSWORD", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+    for secret in ("VLLM_API_KEY", "REDIS_PASSWORD", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "HUAYU_API_KEYS"):
         assert ENV_EXAMPLE[secret] == "change-me"
         assert f"${{{secret}:?" in text, f"{secret} must be required, not defaulted"
     assert (DEPLOY / ".gitignore").read_text().split() == [".env"]
