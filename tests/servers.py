@@ -24,6 +24,15 @@ def free_port() -> int:
         return port
 
 
+def until_closed(sock: socket.socket, timeout_s: float = 10) -> bytes:
+    """Everything ``sock`` receives until the other side closes it."""
+    sock.settimeout(timeout_s)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
 @contextmanager
 def running(app: Any, port: int | None = None, **options: Any) -> Iterator[Server]:
     """Runs ``app`` on 127.0.0.1 under huayu's own server (``gateway.server``, what ``huayu serve``

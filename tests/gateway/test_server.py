@@ -17,7 +17,7 @@ import pytest
 import uvloop
 
 from gateway.server import HIGH_WATER, Server
-from tests.servers import free_port, running
+from tests.servers import free_port, running, until_closed
 
 Scope = dict[str, Any]
 
@@ -270,14 +270,6 @@ def test_idle_keep_alive_connections_are_closed(app: App) -> None:
             time.sleep(0.01)
 
 
-def _until_closed(s: socket.socket) -> bytes:
-    s.settimeout(5)
-    data = b""
-    while chunk := s.recv(65536):
-        data += chunk
-    return data
-
-
 def _error_of(answer: bytes) -> dict[str, Any]:
     """The OpenAI-shaped error in a response the server wrote itself."""
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -296,7 +288,7 @@ def test_a_request_head_not_complete_in_time_gets_a_408(app: App) -> None:
         for _ in range(4):  # trickling keeps bytes coming, but the head is not complete in time
             time.sleep(0.4)
             s.sendall(b"x-slow: 1\r\n")
-        answer = _until_closed(s)
+        answer = until_closed(s)
         assert answer.startswith(b"HTTP/1.1 408 ") and _error_of(answer).items() >= TIMED_OUT.items()
         assert b"connection: close" in answer and time.monotonic() - started < 4
     assert app.seen == []
@@ -306,7 +298,7 @@ def test_a_body_that_stops_arriving_gets_a_408_and_the_app_a_disconnect(app: App
     with running(app, read_timeout_s=1.0) as server, _conn(server.port) as s:
         started = time.monotonic()
         s.sendall(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n" + b"a" * 10)
-        answer = _until_closed(s)
+        answer = until_closed(s)
         assert answer.startswith(b"HTTP/1.1 408 ") and _error_of(answer).items() >= TIMED_OUT.items()
         assert 1.0 <= time.monotonic() - started < 4
     deadline = time.monotonic() + 5

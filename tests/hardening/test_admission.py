@@ -16,7 +16,7 @@ import pytest
 from gateway.app import create_app
 from tests.hardening.conftest import GatewayFactory
 from tests.media import b64, jpeg
-from tests.servers import Sim, gateway_settings, running
+from tests.servers import Sim, gateway_settings, running, until_closed
 
 
 def _connect(client: httpx.Client) -> socket.socket:
@@ -83,14 +83,6 @@ def test_a_huge_body_gets_413_with_a_clear_message(gateway: GatewayFactory) -> N
         assert "larger than the limit of 1048576 bytes" in r.json()["error"]["message"]
 
 
-def _until_closed(sock: socket.socket) -> bytes:
-    sock.settimeout(10)
-    data = b""
-    while chunk := sock.recv(65536):
-        data += chunk
-    return data
-
-
 def _series(metrics: str, prefix: str) -> list[str]:
     return [line for line in metrics.splitlines() if line.startswith(prefix)]
 
@@ -107,7 +99,7 @@ def test_a_body_that_never_arrives_frees_its_place_without_an_error(
         with _connect(client) as sock:
             sock.sendall(_head("/v1/chat/completions", "content-length: 100000\r\n") + b'{"model": "qwen-vl"')
             if how == "stalls":
-                answer = _until_closed(sock)
+                answer = until_closed(sock)
                 assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive within 1 s" in answer
             else:
                 time.sleep(0.3)  # the app is reading the body by now
