@@ -33,6 +33,10 @@ class Job:
     tenant: str = "public"
     source: str | None = None
     adapter: str | None = None  # a LoRA adapter asked for by the request; else the style's
+    # what the job has cost the model server so far, kept while it streams: an estimate (the prompt
+    # from the image's size and the text, one token a content chunk) until the upstream's usage comes,
+    # so a stream its caller leaves, or the safety filter stops, is charged too
+    spent_tokens: int = 0
 
 
 @dataclass

@@ -315,6 +315,8 @@ class Describer:
 
     async def _stream_generate(self, prep: _Prepared) -> AsyncIterator[Delta | Result]:
         await self._ready(prep)
+        job = prep.job
+        job.spent_tokens = _prompt_estimate(prep)
         sf = self.safety.stream(prep.job.language) if self.safety else None
         parts: list[str] = []
         finish: str | None = None
@@ -324,9 +326,12 @@ class Describer:
         async for chunk in self.upstream.stream(self._body(prep, stream=True)):
             if chunk.get("usage"):
                 usage = _usage(chunk["usage"])
+                job.spent_tokens = usage.get("total_tokens") or job.spent_tokens
             for choice in chunk.get("choices") or []:
                 finish = choice.get("finish_reason") or finish
                 delta = (choice.get("delta") or {}).get("content") or ""
+                if delta and not usage:
+                    job.spent_tokens += 1
                 out = sf.feed(delta) if sf is not None and delta else delta
                 if sf is not None and sf.stopped:
                     stopped = True  # withheld: stop reading, the model server cancels on disconnect
@@ -457,6 +462,22 @@ class Describer:
     @staticmethod
     def _elapsed_ms(prep: _Prepared) -> float:
         return round((time.perf_counter() - prep.started) * 1000, 2)
+
+
+def _prompt_estimate(prep: _Prepared) -> int:
+    """The prompt's tokens, roughly, before the model server says: Qwen3-VL takes one token for each
+    32x32 pixels of the image (16-pixel patches, merged 2x2), and the text about one for two
+    characters (Chinese is nearer one a character, English four characters a token)."""
+    image = prep.prepared
+    text = sum(len(str(m.get("content", ""))) for m in prep.messages if isinstance(m.get("content"), str))
+    text += sum(
+        len(str(p.get("text", "")))
+        for m in prep.messages
+        if isinstance(m.get("content"), list)
+        for p in m["content"]
+        if isinstance(p, dict)
+    )
+    return (image.width // 32) * (image.height // 32) + text // 2
 
 
 def _leader_gone() -> ServiceUnavailable:

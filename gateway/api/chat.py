@@ -16,7 +16,7 @@ from gateway.api.jobs import charge_usage, image_source, make_job
 from gateway.api.sse import EventStream
 from gateway.deps import Services, services
 from gateway.errors import HuayuError, InvalidRequest
-from gateway.job import Delta, EncodedImage, Result
+from gateway.job import Delta, EncodedImage, Job, Result
 from gateway.prompting import caller_request
 from gateway.protocol import ChatCompletionRequest
 from gateway.security import tenant_of
@@ -120,7 +120,7 @@ async def chat_completions(request: Request) -> Response:
     first = await events.__anext__()  # errors before the first event still get their HTTP status
     include_usage = (body.stream_options or {}).get("include_usage") is True
     return EventStream(
-        _sse(first, events, body.model, include_usage, request),
+        _sse(first, events, body.model, include_usage, request, job),
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 
@@ -170,18 +170,28 @@ def _chunk(cid: str, created: int, model: str, delta: dict[str, Any], finish: st
 
 
 async def _sse(
-    first: Delta | Result, events: AsyncIterator[Delta | Result], model: str, include_usage: bool, request: Request
+    first: Delta | Result,
+    events: AsyncIterator[Delta | Result],
+    model: str,
+    include_usage: bool,
+    request: Request,
+    job: Job,
 ) -> AsyncIterator[bytes]:
     created = int(time.time())
     cid = "chatcmpl-" + uuid.uuid4().hex
+    # charged in the finally below too: a stream its caller leaves before the end cost the model what
+    # it generated until then (the job's estimate), not nothing
+    request.state.usage_tokens = job.spent_tokens
     yield _chunk(cid, created, model, {"role": "assistant", "content": ""})
+    answered = False
     try:
         event: Delta | Result | None = first
         while event is not None:
             if isinstance(event, Delta):
                 yield _chunk(cid, created, model, {"content": event.text})
             else:
-                charge_usage(request, event)
+                charge_usage(request, event, job.spent_tokens)
+                answered = True
                 final = _chunk(cid, created, model, {}, event.finish_reason)
                 # the last chunk carries huayu's fields beside the OpenAI ones
                 payload = orjson.loads(final[6:])
@@ -194,4 +204,7 @@ async def _sse(
             event = await anext(events, None)
     except HuayuError as e:
         yield b"data: " + orjson.dumps(e.body()) + b"\n\n"
+    finally:
+        if not answered:  # ended before its answer: what the model has done so far
+            request.state.usage_tokens = job.spent_tokens
     yield b"data: [DONE]\n\n"

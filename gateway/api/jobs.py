@@ -99,7 +99,8 @@ def refuse_unstorable(value: str, param: str) -> None:
         )
 
 
-def charge_usage(request: Request, result: Result) -> None:
+def charge_usage(request: Request, result: Result, job_spent: int = 0) -> None:
     """Leaves the tokens a fresh answer used where the per-key token limit charges them (a cached or
     coalesced answer cost the model server nothing)."""
-    request.state.usage_tokens = 0 if result.cached else int(result.usage.get("total_tokens", 0))
+    spent = int(result.usage.get("total_tokens") or 0) or job_spent
+    request.state.usage_tokens = 0 if result.cached else spent

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 from gateway.errors import RateLimited
 from gateway.security import RateLimiter, hash_key
 from tests.hardening.conftest import GatewayFactory, RedisServer
-from tests.media import b64, jpeg
+from tests.media import b64, data_url, jpeg
+from tests.servers import Sim
 
 KEY_A, KEY_B = "hy_limited-a", "hy_limited-b"
 KEYS = f"a:{hash_key(KEY_A)},b:{hash_key(KEY_B)}"
@@ -113,6 +114,28 @@ def test_gateway_token_limit_counts_usage(gateway: GatewayFactory) -> None:
         assert first.json()["usage"]["total_tokens"] > 50
         refused = client.post("/v1/models/qwen-vl:predict", json=body(5))
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_tokens"
+
+
+def test_a_stream_left_before_its_end_is_charged_what_it_cost(gateway: GatewayFactory, sim: Sim) -> None:
+    limit = 1_000_000
+    sim.configure(ttft_ms=10, itl_ms=30, tokens=200)  # a 6 s answer
+    image = {"type": "image_url", "image_url": {"url": data_url(jpeg(256, 192, seed=9))}}
+    chat = {"model": "qwen-vl", "messages": [{"role": "user", "content": [image]}], "stream": True, "cache": False}
+    with gateway(rate_limit_tokens_per_minute=limit, rate_limit_backend="memory") as client:
+        with client.stream("POST", "/v1/chat/completions", json=chat) as r:
+            chunks = r.iter_lines()  # held: a dropped iterator would close the response at once
+            seen = [line for line, _ in zip(chunks, range(20), strict=False) if line.startswith("data: ")]
+            assert len(seen) >= 5
+        # the caller has left, mid-answer: the prompt (256x192 pixels: 48 image tokens, and the
+        # style's text) and the chunks generated so far are charged, not nothing
+        deadline = time.monotonic() + 10
+        while True:
+            refused = client.post("/v1/models/qwen-vl:predict", json={})  # a 400: admitted, charged nothing
+            left = int(refused.headers["x-ratelimit-remaining-tokens"])
+            if left < limit or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert 48 + 5 < limit - left < 48 + 200 + 2000, left
 
 
 @pytest.mark.slow
