@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from starlette.responses import Response
 
 from gateway.api.body import json_body, read_json
-from gateway.api.jobs import charge_usage, image_source, make_job
+from gateway.api.jobs import charge_usage, image_source, image_url, make_job
 from gateway.deps import Services, services
 from gateway.errors import InvalidRequest
 from gateway.protocol import PredictRequest, PredictResponse
@@ -37,7 +37,7 @@ async def predict(model: str, request: Request) -> Response:
         adapter=adapter,
         crop_borders=body.crop_borders,
         correct_glare=body.correct_glare,
-        source=body.source or _image_url(body.image),
+        source=body.source or image_url(body.image),
         tenant=tenant_of(request),
     )
     request.state.style = job.style.name
@@ -45,12 +45,6 @@ async def predict(model: str, request: Request) -> Response:
     charge_usage(request, result)
     answer = PredictResponse.model_validate(result.predict_body())
     return Response(answer.model_dump_json(), media_type="application/json")
-
-
-def _image_url(image: str) -> str | None:
-    """The image's own address when the request named one instead of sending its bytes."""
-    head = image.lstrip()[:8].lower()
-    return image.strip() if head.startswith(("http://", "https://")) else None
 
 
 @router.post("/v1/describe", response_model=PredictResponse)

@@ -71,12 +71,18 @@ def make_job(
     )
 
 
+def image_url(value: str) -> str | None:
+    """The image's address when the request named one (http or https) instead of sending its bytes."""
+    return value.strip() if value.lstrip()[:8].lower().startswith(("http://", "https://")) else None
+
+
 async def image_source(value: str, svc: Services) -> bytes | EncodedImage:
     """The image a request names: a data URL or base64 (decoded in the pipeline, unless its memo
     knows the text), or (when allowed) an http(s) URL, fetched here."""
+    url = image_url(value)
+    if url is not None:
+        return await ImageFetcher(svc.settings).fetch(url)
     head = value.lstrip()[:16].lower()
-    if head.startswith(("http://", "https://")):
-        return await ImageFetcher(svc.settings).fetch(value.strip())
     scheme, sep, _ = head.partition(":")
     if sep and scheme.isalpha() and scheme != "data" and value.lstrip()[len(scheme) + 1 : len(scheme) + 3] == "//":
         raise InvalidRequest(
