@@ -244,7 +244,7 @@ async def list_artworks(
         raise Unprocessable(f"per_style must be an integer from 1 to 100, got {per_style!r}.", param="per_style")
     matching = a.id.in_(select(d.artwork_id).where(*where)) if where else a.id.is_not(None)
     total = (await conn.execute(select(func.count()).select_from(artworks).where(matching))).scalar_one()
-    cols = [a.id, a.digest, a.phash, a.source, a.meta, a.created_at, a.updated_at, a.image_jpeg.is_not(None)]
+    cols = [a.id, a.digest, a.phash, a.created_at, a.updated_at, a.image_jpeg.is_not(None)]
     q = select(*cols).where(matching).order_by(a.updated_at.desc(), a.id.desc()).limit(limit).offset(offset)
     arts = (await conn.execute(q)).all()
     by_id: dict[str, dict[str, Any]] = {}
@@ -253,11 +253,13 @@ async def list_artworks(
             "id": r[0],
             "digest": r[1],
             "phash": r[2],
-            "source": r[3],
-            "metadata": r[4],
-            "created_at": r[5].isoformat(),
-            "updated_at": r[6].isoformat(),
-            "has_image": bool(r[7]),
+            # what the newest of its listed descriptions were told, filled in below: not the shared
+            # row, which with API keys on holds what any tenant sending the same image said
+            "source": None,
+            "metadata": {},
+            "created_at": r[3].isoformat(),
+            "updated_at": r[4].isoformat(),
+            "has_image": bool(r[5]),
             "descriptions": [],
         }
     if by_id:
@@ -269,11 +271,7 @@ async def list_artworks(
         )
         inner = _joined(*_DESC_COLS, rank).where(d.artwork_id.in_(list(by_id)), *where).subquery()
         q2 = select(inner).where(inner.c.rank <= per_style).order_by(inner.c.style, inner.c.rank)
-        # the card shows what the newest of the descriptions it lists were told, not the shared row:
-        # with API keys on, that row holds what any tenant sending the same image said
         told: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
-        for art in by_id.values():
-            art["metadata"], art["source"] = {}, None
         for row in (await conn.execute(q2)).mappings():
             by_id[row["artwork_id"]]["descriptions"].append(description_dict(row))
             when = (row["created_at"], row["id"])

@@ -108,13 +108,6 @@ def _no_nul(value: Any) -> Any:
     return value
 
 
-def latest_metadata(recs: list[DescriptionRecord]) -> dict[str, dict[str, str]]:
-    """By digest, the catalogue fields of the last record in ``recs`` that gave any: an artwork's
-    stored fields follow its latest description (a folder run first, a manifest later, a corrected
-    title), and a description given none leaves them as they are."""
-    return {r.artwork_digest: dict(r.metadata) for r in recs if r.metadata}
-
-
 def first_of_each_artwork(recs: list[DescriptionRecord]) -> dict[str, DescriptionRecord]:
     """The first record of each artwork in ``recs``, by digest: the one whose artwork row a batch writes."""
     arts: dict[str, DescriptionRecord] = {}

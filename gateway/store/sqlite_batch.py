@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from .record import DescriptionRecord, artwork_id, first_of_each_artwork, latest_metadata, utcnow
+from .record import DescriptionRecord, artwork_id, first_of_each_artwork, utcnow
 
 _ARTWORK = (
     "INSERT INTO artworks (id, digest, phash, source, meta, thumbnail, image_jpeg, created_at, updated_at) "
@@ -32,7 +32,6 @@ _TOUCH = (
     "UPDATE artworks SET updated_at = ?, image_jpeg = coalesce(artworks.image_jpeg, ?), "
     "source = coalesce(artworks.source, ?) WHERE artworks.id = ?"
 )
-_META = "UPDATE artworks SET meta = ? WHERE artworks.id = ?"
 _DESCRIPTION = (
     "INSERT INTO descriptions (id, artwork_id, style, style_version, language, model, adapter, prompt, messages, "
     "text, edited_text, usage, latency_ms, safety, status, reviewer, tenant, cached, rating_count, rating_sum, "
@@ -41,7 +40,7 @@ _DESCRIPTION = (
     "ON CONFLICT DO NOTHING"
 )
 
-Rows = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]
+Rows = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]
 
 
 def _json(value: object) -> str:
@@ -73,7 +72,6 @@ def rows(recs: list[DescriptionRecord], stored: Container[str] = frozenset()) ->
         if d not in stored
     ]
     touch = [(now, None if d in stored else r.image_jpeg, r.source, artwork_id(d)) for d, r in arts.items()]
-    meta = [(_json(m), artwork_id(d)) for d, m in latest_metadata(recs).items()]
     descriptions = []
     for r in recs:
         at = _when(r.created_at)
@@ -100,7 +98,7 @@ def rows(recs: list[DescriptionRecord], stored: Container[str] = frozenset()) ->
                 r.source,
             )
         )
-    return new, touch, meta, descriptions
+    return new, touch, descriptions
 
 
 class SqliteBatches:
@@ -123,14 +121,12 @@ class SqliteBatches:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA synchronous=NORMAL")  # the database is in WAL mode (engine.py)
             self._conn = conn
-        new, touch, meta, descriptions = batch
+        new, touch, descriptions = batch
         try:
             conn.execute("BEGIN IMMEDIATE")  # the write lock now, not halfway through
             if new:
                 conn.executemany(_ARTWORK, new)
             conn.executemany(_TOUCH, touch)
-            if meta:
-                conn.executemany(_META, meta)
             conn.executemany(_DESCRIPTION, descriptions)
             conn.execute("COMMIT")
         except BaseException:

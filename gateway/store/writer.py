@@ -23,10 +23,10 @@ from sqlalchemy.sql.dml import Insert
 
 from .engine import is_outage
 from .metrics import StoreMetrics
-from .record import DescriptionRecord, artwork_id, first_of_each_artwork, latest_metadata, utcnow
+from .record import DescriptionRecord, artwork_id, first_of_each_artwork, utcnow
 from .sqlite_batch import SqliteBatches
 from .tables import artworks, descriptions
-from .types import Blob, Json
+from .types import Blob
 
 log = logging.getLogger("huayu.store")
 
@@ -227,12 +227,6 @@ async def write_batch(
             for d, r in arts.items()
         ],
     )
-    meta = latest_metadata(recs)
-    if meta:
-        await conn.execute(
-            update(artworks).where(artworks.c.id == bindparam("b_id")).values(meta=bindparam("b_meta", type_=Json)),
-            [{"b_id": artwork_id(d), "b_meta": m} for d, m in meta.items()],
-        )
     await conn.execute(
         _insert_ignore(conn, descriptions),
         [

@@ -617,7 +617,7 @@ async def test_the_sqlite_writer_writes_what_sqlalchemy_writes(tmp_path: Any) ->
         conn.close()
         dumps.append(dump)
     assert len(dumps[0]["descriptions"]) == 5 and len(dumps[0]["artworks"]) == 3
-    assert any("改定的题名" in str(row) for row in dumps[0]["artworks"])  # the later fields were written
+    assert any("改定的题名" in str(row) for row in dumps[0]["descriptions"])  # the later fields were written
     assert dumps[0] == dumps[1]
 
 
