@@ -468,15 +468,12 @@ def _prompt_estimate(prep: _Prepared) -> int:
     """The prompt's tokens, roughly, before the model server says: Qwen3-VL takes one token for each
     32x32 pixels of the image (16-pixel patches, merged 2x2), and the text about one for two
     characters (Chinese is nearer one a character, English four characters a token)."""
+    text = 0
+    for message in prep.messages:  # build_messages: the system's text, then the image and the user's text
+        content = message.get("content")
+        parts = [content] if isinstance(content, str) else [p.get("text") for p in content or () if isinstance(p, dict)]
+        text += sum(len(t) for t in parts if isinstance(t, str))
     image = prep.prepared
-    text = sum(len(str(m.get("content", ""))) for m in prep.messages if isinstance(m.get("content"), str))
-    text += sum(
-        len(str(p.get("text", "")))
-        for m in prep.messages
-        if isinstance(m.get("content"), list)
-        for p in m["content"]
-        if isinstance(p, dict)
-    )
     return (image.width // 32) * (image.height // 32) + text // 2
 
 
