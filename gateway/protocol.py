@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# the caller's own words, inside the style's frame: predict's prompt, the upload form's, a chat's text
+MAX_PROMPT_CHARS = 4000
+
 
 class ArtworkMetadata(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -38,7 +41,9 @@ class PredictRequest(SamplingOverrides):
     model_config = ConfigDict(extra="forbid")
 
     image: str = Field(..., description="The image: base64 or a data URL (data:image/jpeg;base64,...).")
-    prompt: str | None = Field(None, max_length=4000, description="The caller's own request, inside the style.")
+    prompt: str | None = Field(
+        None, max_length=MAX_PROMPT_CHARS, description="The caller's own request, inside the style."
+    )
     style: str | None = None
     language: Literal["zh", "en"] | None = None
     metadata: ArtworkMetadata | None = None

@@ -18,7 +18,7 @@ from gateway.deps import Services, services
 from gateway.errors import HuayuError, InvalidRequest
 from gateway.job import Delta, EncodedImage, Job, Result
 from gateway.prompting import caller_request
-from gateway.protocol import ChatCompletionRequest
+from gateway.protocol import MAX_PROMPT_CHARS, ChatCompletionRequest
 from gateway.security import tenant_of
 
 router = APIRouter(tags=["openai"])
@@ -37,7 +37,6 @@ _ACCEPTED = (
     "model, messages, stream, stream_options, max_tokens, max_completion_tokens, temperature, top_p, n, "
     "and huayu's style, language, artwork, cache, priority"
 )
-MAX_REQUEST_CHARS = 4000  # the caller's own words, as the predict route's prompt
 
 
 def _refuse_extra(extra: dict[str, Any]) -> None:
@@ -88,9 +87,9 @@ async def chat_completions(request: Request) -> Response:
     svc = await services(request)
     alias_style, adapter = await svc.catalog.resolve(body.model)
     text, urls = caller_request(body.messages)
-    if text is not None and len(text) > MAX_REQUEST_CHARS:
+    if text is not None and len(text) > MAX_PROMPT_CHARS:
         raise InvalidRequest(
-            f"The request's own text is {len(text)} characters; at most {MAX_REQUEST_CHARS} are accepted "
+            f"The request's own text is {len(text)} characters; at most {MAX_PROMPT_CHARS} are accepted "
             "(the style writes the rest of the prompt).",
             param="messages",
             code="prompt_too_long",

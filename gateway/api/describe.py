@@ -11,7 +11,7 @@ from gateway.api.body import json_body, read_json
 from gateway.api.jobs import charge_usage, image_source, image_url, make_job
 from gateway.deps import Services, services
 from gateway.errors import InvalidRequest
-from gateway.protocol import PredictRequest, PredictResponse
+from gateway.protocol import MAX_PROMPT_CHARS, PredictRequest, PredictResponse
 from gateway.security import tenant_of
 
 router = APIRouter(tags=["huayu"])
@@ -53,7 +53,7 @@ async def describe_upload(
     file: Annotated[UploadFile, File(description="The image file (JPEG, PNG, WebP or TIFF).")],
     style: Annotated[str | None, Form()] = None,
     language: Annotated[Literal["zh", "en"] | None, Form()] = None,
-    prompt: Annotated[str | None, Form(max_length=4000)] = None,
+    prompt: Annotated[str | None, Form(max_length=MAX_PROMPT_CHARS)] = None,
     title: Annotated[str | None, Form(max_length=500)] = None,
     artist: Annotated[str | None, Form(max_length=500)] = None,
     year: Annotated[str | None, Form(max_length=100)] = None,

@@ -30,10 +30,9 @@ from gateway.batch.progress import ProgressView
 from gateway.batch.retry import Transient, backoff
 from gateway.batch.sources import read_inputs
 from gateway.errors import HuayuError, InvalidRequest
+from gateway.protocol import MAX_PROMPT_CHARS
 
 log = logging.getLogger("huayu.batch")
-
-MAX_PROMPT_CHARS = 4000  # the gateway's limit on a request's own prompt
 
 
 def check_config(config: BatchConfig) -> None:
